@@ -320,3 +320,19 @@ def test_old_checkpoint_without_step_defaults_sensibly():
     opt.load_state_dict(state)
     assert opt.param_groups[0]["step"] == 0 and opt.param_groups[0]["schedule"] == "linear"
     assert math.isclose(opt.param_groups[0]["inverse_adam_rate"], 1.0)
+
+
+def test_fused_falls_back_to_foreach_when_compilation_is_impossible(monkeypatch):
+    """E.g. no C++ compiler: the step must warn once and stay exactly the foreach update."""
+    from dualadam.optim import functional
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("simulated: no working C++ compiler")
+
+    monkeypatch.setattr(functional, "_compiled_blend_step", no_compiler)
+    monkeypatch.setattr(functional, "_compile_failed", False)
+    with pytest.warns(RuntimeWarning, match="could not compile"):
+        fused, _ = _run_path(dict(fused=True), torch.float64)
+    foreach, _ = _run_path(dict(foreach=True), torch.float64)
+    for a, b in zip(fused, foreach):
+        assert torch.equal(a, b)
