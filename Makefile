@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format bench-optim clean
+.PHONY: help install test test-slow test-all lint format bench-optim data clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ format: $(STAMP) ## Format and fix imports with ruff
 
 bench-optim: $(STAMP) ## Optimizer step time and memory vs torch Adam (foreach and fused), ResNet-18, 1 thread
 	$(PY) scripts/bench_optim.py
+
+escape: $(STAMP) ## Diffusion-theory escape experiment: SGD/Adam/InvAdam/DualAdam vs sharpness, Kramers check (~3 min)
+	$(PY) experiments/escape/run.py --out results/escape --readme experiments/escape/README.md --readme README.md
+
+data: $(STAMP) ## Unpack the shared CIFAR-10 copy (../shared/data) into $DUALADAM_DATA/cifar10 (default data/)
+	$(PY) -m dualadam.data.prepare
 
 clean: ## Remove caches (keeps .venv and outputs)
 	rm -rf .pytest_cache .ruff_cache

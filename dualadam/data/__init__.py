@@ -1,0 +1,16 @@
+"""Datasets and loaders: CIFAR-10/100, Tiny-ImageNet, ImageNet and a synthetic task, behind one builder.
+
+``build_image_data(cfg.dataset, ...)`` returns an ``ImageData``: the dataset's ``DatasetInfo`` and three
+loaders yielding (normalized float images [B, C, S, S], int64 labels [B]).
+"""
+
+from dualadam.data.builder import DATASET_NAMES, DATASETS, ImageData, build_image_data
+from dualadam.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
+from dualadam.data.errors import DatasetNotFoundError
+from dualadam.data.info import NORMALIZATIONS, DatasetInfo
+from dualadam.data.loaders import EpochLoader
+
+__all__ = [
+    "CIFAR10_CLASSES", "CIFAR100_CLASSES", "DATASETS", "DATASET_NAMES", "NORMALIZATIONS", "DatasetInfo",
+    "DatasetNotFoundError", "EpochLoader", "ImageData", "build_image_data",
+]

@@ -1,0 +1,63 @@
+"""Build any optimizer by name through timm's registry, DualAdam and InvAdam included.
+
+Every optimizer, ours and the baselines, goes through ``timm.optim.create_optimizer_v2``, so they share one
+param-group policy. Baselines are torch's or timm's own classes, never re-implemented here.
+
+The ``optimizer`` config: ``name`` (a timm registry name), ``lr``, ``weight_decay``, ``filter_bias_and_bn``
+(timm's no-decay-on-biases-and-norms policy; the authors decayed every parameter), ``kwargs`` (passed to the
+optimizer class), and the warmup keys read by :func:`warmup_steps`.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from timm.optim import create_optimizer_v2, list_optimizers
+
+import dualadam  # noqa: F401  -- registers dualadam and invadam with timm
+
+
+def optimizer_names() -> list[str]:
+    """Every name ``optimizer.name`` accepts: timm's registry, which includes dualadam and invadam."""
+    return list_optimizers()
+
+
+def _as_python(value):
+    """YAML lists become tuples (``betas``) and OmegaConf containers plain Python, as optimizers expect."""
+    if isinstance(value, list):
+        return tuple(_as_python(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _as_python(v) for k, v in value.items()}
+    return value
+
+
+def build_optimizer(optimizer_cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    kwargs_cfg = optimizer_cfg.get("kwargs")
+    kwargs = _as_python(OmegaConf.to_container(kwargs_cfg, resolve=True)) if kwargs_cfg is not None else {}
+    return create_optimizer_v2(
+        model,
+        opt=optimizer_cfg.name,
+        lr=float(optimizer_cfg.lr),
+        weight_decay=float(optimizer_cfg.weight_decay),
+        filter_bias_and_bn=bool(optimizer_cfg.filter_bias_and_bn),
+        **kwargs,
+    )
+
+
+def warmup_steps(optimizer_cfg: DictConfig) -> int:
+    """Linear-warmup length in optimizer steps.
+
+    ``matched_switch_rate`` (``optimizer=adam_matched_warmup``) sets it to ``round(1 / switch_rate)``: the
+    number of steps over which DualAdam's Adam share ``1 - alpha_t = t * switch_rate`` grows from 0 to 1, so
+    the warmup ramps the Adam step exactly as DualAdam's blend does, without the inverse term.
+    """
+    matched = optimizer_cfg.get("matched_switch_rate")
+    if matched is not None:
+        return round(1.0 / float(matched))
+    return int(optimizer_cfg.get("warmup_steps") or 0)
+
+
+def inverse_adam_rate(optimizer: torch.optim.Optimizer) -> float:
+    """DualAdam's current mixing weight alpha (1.0 for InvAdam); 0.0 for optimizers without an inverse term,
+    so every run has the same columns and 0 reads as "pure Adam-family update"."""
+    return float(optimizer.param_groups[0].get("inverse_adam_rate", 0.0))

@@ -1,0 +1,146 @@
+"""Check the whole resolved config once, before anything is built, so a typo fails in a second, not an hour in.
+
+Every error names the config key, the bad value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from collections.abc import Iterable
+
+import torch
+from omegaconf import DictConfig
+
+from dualadam.data import DATASET_NAMES
+from dualadam.models import paper_model_names
+from dualadam.training.metrics import EPOCH_METRIC_KEYS
+from dualadam.training.optimizers import optimizer_names
+from dualadam.training.runtime import PRECISIONS
+from dualadam.training.schedulers import SCHEDULES
+from dualadam.training.tasks import TASKS
+from dualadam.training.wandb_logger import MODES
+
+AUTO_OR_BOOL = ("auto", True, False)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work. The message says which key and how to fix it."""
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}. Fix it with an override, "
+                          f"e.g. `python -m dualadam.train {key}=<value>`.")
+
+
+def check_choice(key: str, value, choices: Iterable[str], what: str) -> None:
+    choices = sorted(choices)
+    if value in choices:
+        return
+    close = difflib.get_close_matches(str(value), choices, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"Unknown {what} {key}={value!r}.{hint} Valid choices: {', '.join(choices)}")
+
+
+def check_model_name(key: str, name: str, paper_names: list[str]) -> None:
+    import timm
+
+    if name in paper_names or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, paper_names + timm.list_models(), n=5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"Unknown model {key}={name!r}.{hint} Valid: the paper's models "
+                      f"({', '.join(paper_names)}) or any name in timm.list_models().")
+
+
+def check_device(key: str, name: str) -> None:
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"{key}={name!r} is not a device ({error}); use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={name!r} but no CUDA device is available here; use {key}=auto or {key}=cpu")
+
+
+def check_schedule_params(scheduler_cfg: DictConfig) -> None:
+    schedule = SCHEDULES[scheduler_cfg.name]
+    accepted = [p.name for p in inspect.signature(schedule).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    given = [k for k in scheduler_cfg if k != "name"]
+    for key in given:
+        if key not in accepted:
+            raise ConfigError(f"scheduler.{key} is not a parameter of scheduler {scheduler_cfg.name!r} "
+                              f"(its parameters: {', '.join(accepted) or 'none'})")
+    for key in accepted:
+        if key not in given:
+            raise ConfigError(f"scheduler.{key} is missing; scheduler {scheduler_cfg.name!r} needs it")
+    sc = scheduler_cfg
+    if "min_lr_ratio" in sc:
+        check(_is_number(sc.min_lr_ratio) and 0 <= sc.min_lr_ratio <= 1, "scheduler.min_lr_ratio",
+              sc.min_lr_ratio, "a number in [0, 1] (final lr / initial lr)")
+    if "warmup_epochs" in sc:
+        check(_is_number(sc.warmup_epochs) and sc.warmup_epochs >= 0, "scheduler.warmup_epochs",
+              sc.warmup_epochs, "a number of epochs >= 0")
+    if "gamma" in sc:
+        check(_is_number(sc.gamma) and sc.gamma > 0, "scheduler.gamma", sc.gamma, "a factor > 0")
+    if "milestones" in sc:
+        check(all(_is_int(m) and m >= 0 for m in sc.milestones), "scheduler.milestones",
+              list(sc.milestones), "a list of epoch numbers >= 0")
+
+
+def check_optimizer(opt: DictConfig, names: list[str]) -> None:
+    check_choice("optimizer.name", opt.name, names, "optimizer")
+    check(_is_number(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "a learning rate > 0")
+    check(_is_number(opt.weight_decay) and opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay,
+          "a number >= 0")
+    check(isinstance(opt.filter_bias_and_bn, bool), "optimizer.filter_bias_and_bn", opt.filter_bias_and_bn,
+          "true or false")
+    warmup = opt.get("warmup_steps", 0)
+    check(_is_int(warmup) and warmup >= 0, "optimizer.warmup_steps", warmup, "an integer number of steps >= 0")
+    matched = opt.get("matched_switch_rate")
+    check(matched is None or (_is_number(matched) and 0 < matched <= 1), "optimizer.matched_switch_rate",
+          matched, "null or a switch rate in (0, 1]; the warmup lasts round(1 / switch_rate) steps")
+    check(matched is None or not warmup, "optimizer.warmup_steps", warmup,
+          "0 when optimizer.matched_switch_rate is set (it sets the warmup length)")
+    kwargs = opt.get("kwargs") or {}
+    if "switch_rate" in kwargs:
+        check(_is_number(kwargs.switch_rate) and 0 <= kwargs.switch_rate <= 1, "optimizer.kwargs.switch_rate",
+              kwargs.switch_rate, "a number in [0, 1]; DualAdam's blend lasts 1 / switch_rate steps")
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        check(_is_int(trainer[key]) and trainer[key] >= 1, f"trainer.{key}", trainer[key], "an integer >= 1")
+    check(_is_int(trainer.num_workers) and trainer.num_workers >= 0, "trainer.num_workers", trainer.num_workers,
+          "an integer >= 0 (0 loads data in the main process)")
+    check_choice("trainer.precision", str(trainer.precision), PRECISIONS, "precision")
+    check_device("trainer.device", str(trainer.device))
+    for key in ("channels_last", "progress"):
+        check(trainer[key] in AUTO_OR_BOOL, f"trainer.{key}", trainer[key], "auto, true or false")
+    for key in ("compile", "deterministic"):
+        check(isinstance(trainer[key], bool), f"trainer.{key}", trainer[key], "true or false")
+    check_choice("trainer.monitor", trainer.monitor, EPOCH_METRIC_KEYS, "metric")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` for the first problem found."""
+    check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    check_choice("task", cfg.task, TASKS, "task")
+    check_choice("dataset.name", cfg.dataset.name, DATASET_NAMES, "dataset")
+    check_model_name("model.name", cfg.model.name, paper_model_names())
+    check_optimizer(cfg.optimizer, optimizer_names())
+    check_choice("scheduler.name", cfg.scheduler.name, SCHEDULES, "scheduler")
+    check_schedule_params(cfg.scheduler)
+    check_trainer(cfg.trainer)
+    check_choice("logger.mode", str(cfg.logger.mode), MODES, "W&B mode")

@@ -1,0 +1,74 @@
+"""Checkpoint files: atomic, verified, and carrying every RNG state."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dualadam.training.checkpoint import (
+    CorruptCheckpointError,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+
+
+def test_round_trip(tmp_path):
+    payload = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3, "best": {"test/acc": 51.2}}
+    save_checkpoint(payload, tmp_path / "last.pt")
+    loaded = load_checkpoint(tmp_path / "last.pt")
+    assert torch.equal(loaded["model"]["w"], payload["model"]["w"])
+    assert loaded["epoch"] == 3 and loaded["best"] == {"test/acc": 51.2}
+    assert not (tmp_path / "last.pt.tmp").exists()
+
+
+def test_truncated_file_is_detected(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"w": torch.randn(1000)}, path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CorruptCheckpointError, match="truncated"):
+        load_checkpoint(path)
+
+
+def test_flipped_byte_is_detected(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"w": torch.randn(1000)}, path)
+    raw = bytearray(path.read_bytes())
+    raw[-50] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError, match="SHA-256"):
+        load_checkpoint(path)
+
+
+def test_foreign_file_is_rejected(tmp_path):
+    path = tmp_path / "last.pt"
+    torch.save({"w": torch.zeros(2)}, path)  # a plain torch file, not ours
+    with pytest.raises(CorruptCheckpointError, match="bad header"):
+        load_checkpoint(path)
+
+
+def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, path)
+
+    def crash(*args):
+        raise OSError("simulated crash before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_rng_states_restore_every_generator():
+    states = rng_states()
+    first = (random.random(), np.random.rand(), torch.rand(3))
+    restore_rng_states(states)
+    second = (random.random(), np.random.rand(), torch.rand(3))
+    assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
