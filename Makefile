@@ -6,10 +6,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format bench-optim data clean
+.PHONY: help install test test-slow test-all lint format bench-optim bench-train demo study-cpu data clean
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,63 @@ format: $(STAMP) ## Format and fix imports with ruff
 bench-optim: $(STAMP) ## Optimizer step time and memory vs torch Adam (foreach and fused), ResNet-18, 1 thread
 	$(PY) scripts/bench_optim.py
 
+bench-train: $(STAMP) data ## Training images/s: suite's default path vs torchvision DataLoader vs bare loop (~3 min)
+	$(PY) scripts/bench_train.py
+
 escape: $(STAMP) ## Diffusion-theory escape experiment: SGD/Adam/InvAdam/DualAdam vs sharpness, Kramers check (~3 min)
 	$(PY) experiments/escape/run.py --out results/escape --readme experiments/escape/README.md --readme README.md
+
+# Paper tables (experiments/paper/README.md: what each reproduces and its GPU-hours). Each target runs one
+# study's whole sweep; STUDY_ARGS adds Hydra overrides, e.g. STUDY_ARGS="hydra/launcher=slurm".
+STUDY_ARGS ?=
+TABLES_ARGS ?=
+STUDY = $(PY) -m dualadam.train -m experiment=$(subst -,_,$@) $(STUDY_ARGS)
+.PHONY: paper-cifar10-resnet18 paper-cifar10-resnet50 paper-cifar10-vit paper-cifar100-resnet18 \
+	paper-cifar100-resnet50 paper-cifar100-vit paper-tinyimagenet-vgg16 paper-tinyimagenet-vit paper-imagenet-vit \
+	fair-cifar10-resnet18 fair-cifar10-vit paper-cost tables
+
+paper-cifar10-resnet18: $(STAMP) ## Paper table: CIFAR-10, ResNet-18, 6 optimizers x 200 epochs (GPU)
+	$(STUDY)
+paper-cifar10-resnet50: $(STAMP) ## Paper table: CIFAR-10, ResNet-50 (GPU)
+	$(STUDY)
+paper-cifar10-vit: $(STAMP) ## Paper table: CIFAR-10, ViT 32/4 (GPU)
+	$(STUDY)
+paper-cifar100-resnet18: $(STAMP) ## Paper table: CIFAR-100, ResNet-18 (GPU)
+	$(STUDY)
+paper-cifar100-resnet50: $(STAMP) ## Paper table: CIFAR-100, ResNet-50 (GPU)
+	$(STUDY)
+paper-cifar100-vit: $(STAMP) ## Paper table: CIFAR-100, ViT 32/4 (GPU)
+	$(STUDY)
+paper-tinyimagenet-vgg16: $(STAMP) ## Paper table: Tiny-ImageNet, VGG16-BN (GPU; data placed by hand)
+	$(STUDY)
+paper-tinyimagenet-vit: $(STAMP) ## Paper table: Tiny-ImageNet, ViT 64/8 (GPU; data placed by hand)
+	$(STUDY)
+paper-imagenet-vit: $(STAMP) ## Paper table: ImageNet, ViT 224/16 (GPUs; data placed by hand)
+	$(STUDY)
+fair-cifar10-resnet18: $(STAMP) ## Fair protocol: per-optimizer lr grid, 3 seeds, matched-warmup control (105 runs)
+	$(STUDY)
+fair-cifar10-vit: $(STAMP) ## Fair protocol on CIFAR-10, ViT 32/4 (105 runs)
+	$(STUDY)
+
+paper-cost: $(STAMP) ## GPU-hours of each paper/fair study from measured FLOPs -> experiments/paper/README.md
+	$(PY) experiments/paper/cost.py --readme experiments/paper/README.md
+
+tables: $(STAMP) ## Runs -> results/<study>/ CSVs, tables, plots, README blocks (TABLES_ARGS="--wandb")
+	$(PY) scripts/make_tables.py --readme README.md $(TABLES_ARGS)
+
+demo: $(STAMP) ## Quick start (~10 min CPU): Adam vs DualAdam vs matched warmup on real CIFAR-10; table + plot
+	$(PY) -m dualadam.data.prepare --if-available
+	$(PY) -m dualadam.train -m experiment=demo_cifar10 $(STUDY_ARGS)
+	$(PY) scripts/make_tables.py --roots outputs/studies/demo_cifar10 --study demo_cifar10 --results outputs/demo_results --no-readme --print
+
+# Small CNNs use 2 cores better as two 1-thread processes than as one 2-thread process, so the study's
+# sweep runs in two halves side by side (each half is an ordinary Hydra multirun; run folders never collide).
+study-cpu: $(STAMP) ## The CPU CIFAR-10 study (~35 min on 2 cores): 6 optimizers x 3 seeds -> results/ and README
+	$(PY) -m dualadam.data.prepare --if-available
+	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=cpu_cifar10_study optimizer=adam,adamw,dualadam $(STUDY_ARGS) & \
+	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=cpu_cifar10_study optimizer=invadam,adam_matched_warmup,sgd $(STUDY_ARGS) & \
+	wait
+	$(PY) scripts/make_tables.py --roots outputs/studies/cpu_cifar10_study --study cpu_cifar10_study --readme README.md
 
 data: $(STAMP) ## Unpack the shared CIFAR-10 copy (../shared/data) into $DUALADAM_DATA/cifar10 (default data/)
 	$(PY) -m dualadam.data.prepare

@@ -13,9 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from dualadam.data.cifar import load_cifar
+from dualadam.data.device_loaders import DeviceEvalLoader
 from dualadam.data.folders import load_imagenet, load_tiny_imagenet
 from dualadam.data.info import DatasetInfo, Normalization, normalization_for
-from dualadam.data.device_loaders import DeviceEvalLoader
 from dualadam.data.loaders import EpochLoader, ShuffledEpochLoader, TransformedImages, eval_loader, mix_seed
 from dualadam.data.memory import (
     DEFAULT_MEMORY_BUDGET_GB,

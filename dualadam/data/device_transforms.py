@@ -1,8 +1,8 @@
 """The paper's augmentation and the normalization, done on whole batches of uint8 images on the device.
 
-Pixels are held as uint8 [N, H, W, C] (channel-last: one image row is one contiguous run of bytes). A batch is
-cropped and flipped by a single gather from that array, then normalized by a single fused multiply-add, so a
-batch costs a handful of kernel launches whatever its size, and nothing waits for the host.
+Pixels are held as uint8 [N, C, H, W]. A batch is selected, padded, cropped and flipped by three gathers and a
+pad, then normalized by one conversion and a multiply-add, so a batch costs a handful of kernel launches
+whatever its size, and nothing waits for the host.
 
 The randomness matches torchvision's ``RandomCrop(S, padding=p)`` + ``RandomHorizontalFlip()``: the crop's top
 and left offsets into the zero-padded image are uniform on ``0..2p`` (both ends included), and each image is
@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dualadam.data.loaders import mix_seed
@@ -58,44 +59,44 @@ def draw_epoch_plan(num_samples: int, seed: int, epoch: int, augmentation: str, 
 
 def gather_augmented(pixels: Tensor, indices: Tensor, tops: Tensor | None, lefts: Tensor | None,
                      flips: Tensor | None, padding: int) -> Tensor:
-    """Images ``indices`` of ``pixels`` (uint8 [N, H, W, C]), cropped and flipped: uint8 [B, H, W, C].
+    """Images ``indices`` of ``pixels`` (uint8 [N, C, H, W]), cropped and flipped: uint8 [B, C, H, W].
 
-    Output pixel (i, j) of image b is padded-image pixel (tops[b] + i, lefts[b] + j') with j' = W - 1 - j when
-    flipped, i.e. source pixel (tops[b] - p + i, lefts[b] - p + j'); outside the image it is 0, the value
-    torchvision pads with. ``tops``/``lefts`` None: no crop; ``flips`` None: no flip.
+    Output pixel (i, j) of image b is pixel (tops[b] + i, lefts[b] + j') of the image zero-padded by
+    ``padding``, with j' = W - 1 - j when flipped (torchvision crops, then flips). ``tops``/``lefts`` None: no
+    crop; ``flips`` None: no flip. Two gathers (rows, then columns with the flip folded in): cheap on any
+    device, and no host sync (no boolean masks, whose size the host would have to read).
     """
+    images = pixels.index_select(0, indices)
     if tops is None and flips is None:
-        return pixels.index_select(0, indices)
-    height, width = pixels.shape[1:3]
-    rows = torch.arange(height, device=pixels.device).expand(len(indices), height)
-    cols = torch.arange(width, device=pixels.device).expand(len(indices), width)
+        return images
+    batch, chans, height, width = images.shape
+    if tops is not None:
+        images = F.pad(images, (padding, padding, padding, padding))
+        rows = tops[:, None] + torch.arange(height, device=images.device)  # [B, H] rows of the padded image
+        images = images.gather(2, rows[:, None, :, None].expand(batch, chans, height, images.shape[3]))
+    columns = torch.arange(width, device=images.device).expand(batch, width)
     if flips is not None:
-        cols = torch.where(flips[:, None], cols.flip(1), cols)
-    if tops is None:
-        return pixels[indices[:, None, None], rows[:, :, None], cols[:, None, :]]
-    rows = rows + (tops - padding)[:, None]
-    cols = cols + (lefts - padding)[:, None]
-    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    images = pixels[indices[:, None, None], rows.clamp(0, height - 1)[:, :, None],
-                    cols.clamp(0, width - 1)[:, None, :]]
-    return images.mul_(inside[..., None])  # zero the padding (uint8 * bool stays uint8)
+        columns = torch.where(flips[:, None], columns.flip(1), columns)
+    if lefts is not None:
+        columns = columns + lefts[:, None]
+    return images.gather(3, columns[:, None, None, :].expand(batch, chans, height, width))
 
 
 class Normalizer:
-    """uint8 [B, H, W, C] -> normalized [B, C, H, W] in the compute dtype and memory format.
+    """uint8 [B, C, H, W] -> ``(x / 255 - mean) / std`` [B, C, H, W] in the compute dtype and memory format.
 
-    ``(x / 255 - mean) / std`` as one fused ``x * scale + shift``; the arithmetic is float32 (the constants keep
-    their precision), and the result is handed over in ``dtype`` (bf16/fp16 under mixed precision, so the first
-    layer reads half the bytes) and ``memory_format`` (channels_last comes free: it is the pixels' own layout).
+    Computed as ``x * scale + shift`` directly in ``dtype`` (bf16/fp16 under mixed precision: the first layer
+    would round its input to that dtype anyway, and it reads half the bytes). The result is laid out in
+    ``memory_format`` (channels_last for tensor-core convolutions) by the same conversion.
     """
 
     def __init__(self, mean, std, *, device: torch.device, dtype: torch.dtype = torch.float32,
                  memory_format: torch.memory_format = torch.contiguous_format):
         mean, std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
-        self.scale = (1.0 / (255.0 * std)).float().view(1, -1, 1, 1).to(device)
-        self.shift = (-mean / std).float().view(1, -1, 1, 1).to(device)
+        self.scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device=device, dtype=dtype)
+        self.shift = (-mean / std).view(1, -1, 1, 1).to(device=device, dtype=dtype)
         self.dtype, self.memory_format = dtype, memory_format
 
     def __call__(self, images: Tensor) -> Tensor:
-        normalized = torch.addcmul(self.shift, images.permute(0, 3, 1, 2), self.scale)
-        return normalized.to(dtype=self.dtype, memory_format=self.memory_format)
+        normalized = images.to(dtype=self.dtype, memory_format=self.memory_format)
+        return normalized.mul_(self.scale).add_(self.shift)

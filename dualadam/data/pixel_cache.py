@@ -40,9 +40,11 @@ _MAX_HEADER_BYTES = 256
 def cache_key(paths: list[str], folder: Path, fit_size: int | None) -> str:
     """16 hex digits identifying the decoded pixels of ``paths`` (in order) under ``folder``."""
     digest = hashlib.sha256(f"{MAGIC.decode()}\nfit_size={fit_size}\n".encode())
-    for path in paths:
+    prefix = os.path.join(str(folder), "")  # paths below the folder are keyed relative to it (os.path.relpath
+    for path in paths:                      # is 10x slower, and this runs over every file at every start)
         stat = os.stat(path)
-        digest.update(f"{os.path.relpath(path, folder)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        name = path[len(prefix):] if path.startswith(prefix) else os.path.abspath(path)
+        digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 

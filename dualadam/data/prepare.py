@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-class", type=int, default=None, help="keep only N images per class and split")
     parser.add_argument("--sha256", default=None, help="refuse an archive whose sha256 differs")
     parser.add_argument("--force", action="store_true", help="unpack again even if dest already has train/")
+    parser.add_argument("--if-available", action="store_true",
+                        help="no archive is not an error: say how the data can be had instead (make demo)")
     args = parser.parse_args(argv)
     if args.tarball is None:
         args.tarball, args.sha256 = SHARED_CIFAR10_TARBALL, args.sha256 or SHARED_CIFAR10_SHA256
@@ -82,7 +84,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{dest} already holds train/; nothing to do (--force unpacks again)")
         return
     if not args.tarball.is_file():
-        raise SystemExit(f"{args.tarball} does not exist; pass --tarball /path/to/archive.tar.gz")
+        how = (f"no archive at {args.tarball}. To get CIFAR-10: online, the run downloads torchvision's canonical "
+               f"files into {dest} (dataset.download=true, the default); offline, put them there yourself, or "
+               f"an ImageFolder copy as {dest}/train/<class>/*.jpg and {dest}/test/<class>/*.jpg, or pass "
+               "--tarball /path/to/archive.tar.gz")
+        if args.if_available:
+            print(how)
+            return
+        raise SystemExit(how)
     found = unpack_image_folder_tarball(args.tarball, dest, args.per_class, args.sha256)
     splits = Counter()
     for (split, _), count in found.items():

@@ -10,9 +10,11 @@ optimizer class), and the warmup keys read by :func:`warmup_steps`.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from omegaconf import DictConfig, OmegaConf
-from timm.optim import create_optimizer_v2, list_optimizers
+from timm.optim import create_optimizer_v2, get_optimizer_info, list_optimizers
 
 import dualadam  # noqa: F401  -- registers dualadam and invadam with timm
 
@@ -31,9 +33,34 @@ def _as_python(value):
     return value
 
 
-def build_optimizer(optimizer_cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def has_fused_path(name: str) -> bool:
+    """Whether the optimizer class registered as ``name`` takes ``fused=`` (torch's Adam/AdamW/SGD, DualAdam)."""
+    opt_class = get_optimizer_info(name).opt_class
+    return not isinstance(opt_class, str) and "fused" in inspect.signature(opt_class).parameters
+
+
+def fused_kwargs(name: str, setting: bool | str, device: torch.device) -> dict:
+    """``{"fused": True}`` when the optimizer's single-kernel path should be used, else ``{}``.
+
+    ``setting`` is ``trainer.fused_optimizer``: ``auto`` turns it on for CUDA only. On a CPU, DualAdam's fused
+    path first ``torch.compile``s its blend step (20-60 s, once per process), more than a short run gains.
+    """
+    if setting == "auto":
+        return {"fused": True} if device.type == "cuda" and has_fused_path(name) else {}
+    if setting and not has_fused_path(name):
+        fused = [n for n in ("adam", "adamw", "sgd", "dualadam", "invadam") if has_fused_path(n)]
+        raise ValueError(f"trainer.fused_optimizer=true but optimizer {name!r} has no fused implementation "
+                         f"(these do: {', '.join(fused)}); use trainer.fused_optimizer=auto or false")
+    return {"fused": True} if setting else {}
+
+
+def build_optimizer(optimizer_cfg: DictConfig, model: torch.nn.Module,
+                    fused: bool | str = False) -> torch.optim.Optimizer:
+    """``fused``: ``trainer.fused_optimizer`` (see ``fused_kwargs``); ``optimizer.kwargs.fused``, if set, wins."""
     kwargs_cfg = optimizer_cfg.get("kwargs")
     kwargs = _as_python(OmegaConf.to_container(kwargs_cfg, resolve=True)) if kwargs_cfg is not None else {}
+    device = next(model.parameters()).device
+    kwargs = {**fused_kwargs(optimizer_cfg.name, fused, device), **kwargs}
     return create_optimizer_v2(
         model,
         opt=optimizer_cfg.name,

@@ -25,20 +25,26 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ERROR_FILE = "error.txt"
 
-IDENTITY_EXCLUDED_KEYS = ("run_dir", "hydra", "logger", "trainer.progress", "dataset.root", "dataset.download")
+IDENTITY_EXCLUDED_KEYS = ("run_dir", "hydra", "logger", "cluster", "trainer.progress", "trainer.resume",
+                          "trainer.check_every", "dataset.root", "dataset.download")
 PACKAGES = ("dualadam", "torch", "torchvision", "timm", "hydra-core", "wandb", "numpy")
 
 
-def config_hash(cfg: DictConfig) -> str:
-    """sha256 of the resolved config minus ``IDENTITY_EXCLUDED_KEYS``, keys sorted."""
-    identity = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # detached copy
+def identity_config(cfg: DictConfig) -> DictConfig:
+    """A detached copy of ``cfg`` without ``IDENTITY_EXCLUDED_KEYS``: what makes two runs the same experiment."""
+    identity = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     with open_dict(identity):
         for dotted in IDENTITY_EXCLUDED_KEYS:
             parent_key, _, leaf = dotted.rpartition(".")
             parent = OmegaConf.select(identity, parent_key) if parent_key else identity
             if isinstance(parent, DictConfig) and leaf in parent:
                 del parent[leaf]
-    text = OmegaConf.to_yaml(identity, resolve=True, sort_keys=True)
+    return identity
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """sha256 of the resolved config minus ``IDENTITY_EXCLUDED_KEYS``, keys sorted."""
+    text = OmegaConf.to_yaml(identity_config(cfg), resolve=True, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

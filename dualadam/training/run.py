@@ -2,18 +2,41 @@
 
 Whatever happens, the W&B run is finished, a failure leaves ``error.txt`` and a ``summary.json`` with
 ``status: failed``, and the last line printed says where the outputs are.
+
+A run directory is reused (``run_directory``): a finished run there is skipped, an unfinished one resumes from
+its last checkpoint (``resume``). ``status`` is ``running`` while training, then ``completed``, ``diverged``
+(with ``diverged_at_step``), ``preempted`` (a signal; checkpoint saved, with ``preempted``), ``failed`` or
+``interrupted`` (Ctrl-C). With several processes (``distributed``), rank 0 alone writes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from dualadam.training import outputs as out
+from dualadam.training.checkpoint import load_checkpoint
+from dualadam.training.distributed import (
+    agreed_steps_per_epoch,
+    broadcast_object,
+    end_process_group,
+    is_main_process,
+    per_rank_config,
+    placement_from_environment,
+    replicas_identical,
+    start_process_group,
+)
+from dualadam.training.final_analysis import final_sharpness
+from dualadam.training.guard import Diverged, TrainingGuard
 from dualadam.training.optimizers import build_optimizer, warmup_steps
+from dualadam.training.preemption import Preempted, PreemptionFlag
+from dualadam.training.resume import Checkpointer
+from dualadam.training.run_directory import CHECKPOINT_FILE, RunLock, RunStart, plan_run_start
 from dualadam.training.runtime import Runtime, progress_enabled, resolve_runtime, seed_everything
 from dualadam.training.schedulers import TrainingLength, build_lr_scheduler
 from dualadam.training.tasks import build_task
@@ -24,22 +47,29 @@ from dualadam.training.wandb_logger import WandbLogger
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg: DictConfig, runtime: Runtime, sinks) -> Trainer:
-    task = build_task(cfg, runtime)
-    optimizer = build_optimizer(cfg.optimizer, task.model)
-    length = TrainingLength(steps_per_epoch=len(task.train_loader), epochs=cfg.trainer.epochs)
+def build_trainer(cfg: DictConfig, runtime: Runtime, sinks=(), *, guard: TrainingGuard | None = None,
+                  checkpointer: Checkpointer | None = None) -> Trainer:
+    """Tasks see their rank's share of the global ``trainer.batch_size``; all ranks take the same steps."""
+    task = build_task(per_rank_config(cfg, runtime), runtime)
+    optimizer = build_optimizer(cfg.optimizer, task.model, fused=runtime.fused_optimizer)
+    steps = agreed_steps_per_epoch(len(task.train_loader), runtime)
+    length = TrainingLength(steps_per_epoch=steps, epochs=cfg.trainer.epochs)
     scheduler = build_lr_scheduler(cfg.scheduler, optimizer, length, warmup_steps(cfg.optimizer))
     return Trainer(task, optimizer, scheduler, runtime, epochs=cfg.trainer.epochs, monitor=cfg.trainer.monitor,
-                   progress=progress_enabled(cfg.trainer.progress), sinks=sinks)
+                   progress=progress_enabled(cfg.trainer.progress) and is_main_process(runtime), sinks=sinks,
+                   guard=guard, checkpointer=checkpointer, steps_per_epoch=steps,
+                   sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm", True)))
 
 
 def summarize(cfg: DictConfig, state: TrainState, *, status: str, runtime: Runtime | None,
-              wandb: WandbLogger, seconds: float, run_dir: Path) -> dict:
+              wandb: WandbLogger, seconds: float, run_dir: Path, ending: dict | None = None) -> dict:
+    """``ending``: how training stopped (``diverged_at_step``, ``preempted``) and ``replicas_identical``."""
+    ending = {"diverged_at_step": None, "preempted": None, "replicas_identical": None, **(ending or {})}
     return {
         "status": status,
         "epochs_completed": state.epochs_completed,
         "epochs": cfg.trainer.epochs,
-        "final": state.last,
+        "final": None if state.last is None else {**state.last, **state.final_measurements},
         "best": state.best,
         "monitor": cfg.trainer.monitor,
         "config_hash": out.config_hash(cfg),
@@ -49,7 +79,11 @@ def summarize(cfg: DictConfig, state: TrainState, *, status: str, runtime: Runti
         "precision": runtime.precision if runtime else None,
         "wandb": {"mode": wandb.mode, "run_id": wandb.run_id, "dir": wandb.files_dir},
         "run_dir": str(run_dir),
-        "seconds": seconds,
+        "seconds": seconds,  # this attempt's wall time (a resumed run had earlier attempts)
+        "world_size": runtime.world_size if runtime else 1,
+        "host": os.uname().nodename,
+        "pid": os.getpid(),
+        **ending,
     }
 
 
@@ -57,32 +91,130 @@ def train(cfg: DictConfig) -> dict:
     """Train as ``cfg`` says and return the summary also written to ``<run_dir>/summary.json``."""
     validate_config(cfg)
     run_dir = Path(cfg.run_dir).resolve()
-    files = out.RunOutputs(run_dir)
-    wandb = WandbLogger(cfg.logger, run_dir, config=OmegaConf.to_container(cfg, resolve=True))
-    state, runtime, status = TrainState(), None, "failed"
-    start = time.perf_counter()
+    runtime = start_process_group(placement_from_environment(), resolve_runtime(cfg.trainer))
     try:
-        seed_everything(cfg.seed, deterministic=cfg.trainer.deterministic)
-        runtime = resolve_runtime(cfg.trainer)
-        trainer = build_trainer(cfg, runtime, sinks=[files, wandb])
-        wandb.start()
-        state.wandb_run_id = wandb.run_id
-        trainer.fit(state)
-        status = "completed"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except Exception:
-        files.write_error()
-        raise
+        with RunLock(run_dir, enabled=is_main_process(runtime)):
+            start = agree_on_start(run_dir, cfg, runtime)
+            if start.action == "skip":
+                if is_main_process(runtime):
+                    print(f"[dualadam] run already {start.previous['status']}; skipped. Outputs in {run_dir} "
+                          "(trainer.resume=false trains it again)")
+                return start.previous
+            return run_attempt(cfg, run_dir, runtime, start)
     finally:
-        summary = summarize(cfg, state, status=status, runtime=runtime, wandb=wandb,
-                            seconds=time.perf_counter() - start, run_dir=run_dir)
-        if state.best is not None:
-            wandb.update_summary({f"best/{key}": value for key, value in state.best.items()})
-        wandb.finish(exit_code=0 if status == "completed" else 1)
-        files.write_summary(summary)
-        log.info("Run %s: %d/%d epochs. Outputs in %s", status, state.epochs_completed, cfg.trainer.epochs,
-                 run_dir)
-        print(f"[dualadam] run {status}; outputs in {run_dir}")
+        end_process_group()
+
+
+def agree_on_start(run_dir: Path, cfg: DictConfig, runtime: Runtime) -> RunStart:
+    """Rank 0 inspects the run directory; the other ranks follow its decision and read the checkpoint."""
+    resume = bool(cfg.trainer.get("resume", True))
+    if runtime.world_size == 1:
+        return plan_run_start(run_dir, cfg, resume=resume)
+    start, outcome = None, None
+    if is_main_process(runtime):
+        try:
+            start = plan_run_start(run_dir, cfg, resume=resume)
+            outcome = (start.action, start.previous, start.load_error)
+        except Exception as error:  # raised on every rank below, instead of leaving them waiting
+            outcome = error
+    outcome = broadcast_object(outcome, runtime)
+    if isinstance(outcome, Exception):
+        raise outcome
+    if start is not None:
+        return start
+    action, previous, load_error = outcome
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE) if action == "resume" else None
+    return RunStart(action, previous=previous, checkpoint=checkpoint, load_error=load_error)
+
+
+class Attempt:
+    """One attempt at a run: trains from ``start`` (scratch or a checkpoint) and writes what happened.
+
+    Rank 0 alone writes files and W&B; every rank trains."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, runtime: Runtime, start: RunStart):
+        self.cfg, self.run_dir, self.runtime, self.start = cfg, run_dir, runtime, start
+        self.main = is_main_process(runtime)
+        self.files = out.RunOutputs(run_dir) if self.main else None
+        under_wandb_agent = bool(os.environ.get("WANDB_SWEEP_ID"))  # the agent names the W&B run itself
+        self.wandb = WandbLogger(cfg.logger, run_dir, config=OmegaConf.to_container(cfg, resolve=True),
+                                 run_id=None if under_wandb_agent else start.wandb_run_id)
+        self.state, self.status, self.ending = TrainState(), "failed", {}
+        self.began = time.perf_counter()
+
+    def summary(self, status: str) -> dict:
+        return summarize(self.cfg, self.state, status=status, runtime=self.runtime, wandb=self.wandb,
+                         seconds=time.perf_counter() - self.began, run_dir=self.run_dir, ending=self.ending)
+
+    def train(self, preemption: PreemptionFlag) -> None:
+        cfg, runtime = self.cfg, self.runtime
+        if self.start.load_error is not None:
+            raise self.start.load_error
+        seed_everything(cfg.seed, deterministic=cfg.trainer.deterministic)
+        checkpointer = Checkpointer(self.run_dir / CHECKPOINT_FILE, runtime, cfg)
+        guard = TrainingGuard(runtime, check_every=int(cfg.trainer.get("check_every", 50)), preemption=preemption)
+        trainer = build_trainer(cfg, runtime, [self.files, self.wandb] if self.main else [], guard=guard,
+                                checkpointer=checkpointer)
+        if self.start.checkpoint is not None:
+            self.state = checkpointer.restore(trainer, self.start.checkpoint)
+        if self.main:
+            self.wandb.start()
+            self.state.wandb_run_id = self.wandb.run_id
+            self.files.write_summary(self.summary("running"))
+        trainer.fit(self.state)
+        if cfg.get("analysis") and cfg.analysis.sharpness:
+            self.state.final_measurements = final_sharpness(trainer.task, cfg.analysis)
+            self.wandb.update_summary(self.state.final_measurements)
+        if runtime.world_size > 1:
+            self.ending["replicas_identical"] = replicas_identical(trainer.task.model, runtime)
+
+    def finish(self) -> dict:
+        summary = self.summary(self.status)
+        if not self.main:
+            return summary
+        if self.state.best is not None:
+            self.wandb.update_summary({f"best/{key}": value for key, value in self.state.best.items()})
+        self.wandb.update_summary({"status": self.status, "diverged_at_step": summary["diverged_at_step"]})
+        self.wandb.finish(exit_code=0 if self.status == "completed" else 1)
+        self.files.write_summary(summary)
+        log.info("Run %s: %d/%d epochs. Outputs in %s", self.status, self.state.epochs_completed,
+                 self.cfg.trainer.epochs, self.run_dir)
+        print(f"[dualadam] run {self.status}; outputs in {self.run_dir}")
+        return summary
+
+
+def run_attempt(cfg: DictConfig, run_dir: Path, runtime: Runtime, start: RunStart) -> dict:
+    """Train until done, diverged, preempted or failed; the summary says which."""
+    attempt = Attempt(cfg, run_dir, runtime, start)
+    with PreemptionFlag() as preemption:
+        try:
+            attempt.train(preemption)
+            attempt.status = "completed"
+        except Preempted as stop:
+            attempt.status = "preempted"
+            attempt.ending["preempted"] = {"signal": signal.Signals(stop.signum).name if stop.signum else None,
+                                           "step": stop.step}
+        except Diverged as stop:
+            attempt.status, attempt.ending["diverged_at_step"] = "diverged", stop.step
+            log.error("Diverged: %s", stop)
+        except KeyboardInterrupt:
+            attempt.status = "interrupted"
+            raise
+        except Exception:
+            if attempt.main:
+                attempt.files.write_error()
+            raise
+        finally:
+            summary = attempt.finish()
     return summary
+
+
+def record_failed_start(cfg: DictConfig) -> None:
+    """For a sweep job rejected before its run began (a bad config): the current exception in ``error.txt``
+    and a ``failed`` summary, so the sweep's directories tell every job's fate."""
+    run_dir = Path(cfg.run_dir).resolve()
+    files = out.RunOutputs(run_dir)
+    files.write_error()
+    wandb = WandbLogger(cfg.logger, run_dir, config={})
+    files.write_summary(summarize(cfg, TrainState(), status="failed", runtime=None, wandb=wandb, seconds=0.0,
+                                  run_dir=run_dir))

@@ -27,6 +27,7 @@ class Runtime:
     precision: str          # "32", "bf16" or "fp16" (never "auto")
     channels_last: bool
     compile: bool
+    fused_optimizer: bool | str = "auto"  # "auto": the optimizer's fused path on CUDA, where it has one
     rank: int = 0
     world_size: int = 1
 
@@ -43,6 +44,11 @@ class Runtime:
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype inputs are handed to the model in: autocast's, since its first layer would cast to it."""
+        return AUTOCAST_DTYPES.get(self.precision, torch.float32)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,7 +68,7 @@ def resolve_runtime(trainer_cfg) -> Runtime:
     if channels_last == "auto":
         channels_last = on_cuda  # measured no gain on CPU; a clear win for convolutions on tensor cores
     return Runtime(device=device, precision=precision, channels_last=bool(channels_last),
-                   compile=bool(trainer_cfg.compile))
+                   compile=bool(trainer_cfg.compile), fused_optimizer=trainer_cfg.get("fused_optimizer", "auto"))
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:

@@ -1,21 +1,29 @@
 """The task-agnostic epoch loop: train, evaluate train-eval and test, record one metrics row per epoch.
 
 Everything a resumed run needs is either a torch object with a ``state_dict`` (model, optimizer, scheduler,
-grad scaler) or in ``TrainState``; ``Trainer.end_of_epoch`` is where a checkpoint of both belongs.
+grad scaler) or in ``TrainState``; ``Trainer.end_of_epoch`` hands both to the checkpointer
+(``dualadam.training.resume``). A ``TrainingGuard`` stops the loop on a non-finite loss (``Diverged``, nothing
+saved) or a preemption signal (``Preempted``, after a checkpoint at that very step). With several processes
+the model is trained through ``DistributedDataParallel`` (``dualadam.training.distributed``).
 """
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from dualadam.training import metrics as M
+from dualadam.training.distributed import reduce_totals, wrap_model
+from dualadam.training.guard import Diverged, TrainingGuard
 from dualadam.training.optimizers import inverse_adam_rate
+from dualadam.training.preemption import Preempted
 from dualadam.training.runtime import Runtime
 from dualadam.training.tasks import Task
 
@@ -37,6 +45,52 @@ class TrainingPass:
     samples: int
 
 
+class CheckpointSink(Protocol):
+    """Something that saves the trainer's state (``resume.Checkpointer``); a collective with several ranks."""
+
+    def save(self, trainer: Trainer, state: TrainState) -> None: ...
+
+
+@dataclass
+class EpochProgress:
+    """How far into epoch ``epoch`` (0-based) training got when it stopped mid-epoch."""
+
+    epoch: int
+    batches: int               # batches trained in this epoch: the index of the next one
+    totals: M.RunningTotals    # their loss and accuracy sums (this rank's)
+    lr: float                  # the lr of the last step taken
+    seconds: float             # training time they took
+
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "batches": self.batches, "lr": self.lr, "seconds": self.seconds}
+
+    def totals_state(self) -> dict:
+        return {"loss_sum": self.totals.loss_sum.cpu(), "correct": self.totals.correct.cpu(),
+                "count": self.totals.count}
+
+    @classmethod
+    def restore(cls, position: dict, totals: dict, device: torch.device) -> EpochProgress:
+        restored = M.RunningTotals(device)
+        restored.loss_sum = totals["loss_sum"].to(device)
+        restored.correct = totals["correct"].to(device)
+        restored.count = int(totals["count"])
+        return cls(totals=restored, **position)
+
+
+def epoch_batches(loader, epoch: int, start_batch: int, steps: int) -> Iterator:
+    """Batches ``start_batch, ..., steps - 1`` of ``epoch``, exactly as an uninterrupted epoch yields them.
+
+    A loader whose ``set_epoch`` takes ``start_batch`` (the in-memory loader) starts there itself; any other
+    has the skipped batches drawn and dropped, which costs their loading time but no randomness (the order
+    and augmentation are pure functions of (seed, epoch)).
+    """
+    if start_batch and "start_batch" in inspect.signature(loader.set_epoch).parameters:
+        loader.set_epoch(epoch, start_batch=start_batch)
+        return itertools.islice(iter(loader), steps - start_batch)
+    loader.set_epoch(epoch)
+    return itertools.islice(iter(loader), start_batch, steps)
+
+
 @dataclass
 class TrainState:
     """The loop's own progress, beside the torch objects' state_dicts."""
@@ -45,20 +99,37 @@ class TrainState:
     last: dict[str, float] | None = None   # the latest epoch's metrics row
     best: dict[str, float] | None = None   # the row of the best epoch by ``trainer.monitor``
     wandb_run_id: str | None = None
+    final_measurements: dict[str, float] = field(default_factory=dict)  # e.g. sharpness, after the last epoch
+    in_epoch: EpochProgress | None = None  # set when stopped mid-epoch (epoch ``epochs_completed``)
 
     def record(self, row: dict[str, float], monitor: str) -> None:
         self.epochs_completed = int(row[M.EPOCH])
         self.last = row
+        self.in_epoch = None
         if M.is_improvement(monitor, row[monitor], None if self.best is None else self.best[monitor]):
             self.best = row
 
 
 class Trainer:
+    """``steps_per_epoch``: None means ``len(task.train_loader)``; with several ranks, the number all agreed on.
+    ``guard``: None watches for divergence only (no preemption), reading the flag every 50 steps.
+    ``checkpointer``: None saves nothing."""
+
     def __init__(self, task: Task, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, runtime: Runtime, *, epochs: int,
-                 monitor: str, progress: bool, sinks: Iterable[EpochSink] = ()):
+                 monitor: str, progress: bool, sinks: Iterable[EpochSink] = (), guard: TrainingGuard | None = None,
+                 checkpointer: CheckpointSink | None = None, steps_per_epoch: int | None = None,
+                 sync_batchnorm: bool = True):
         self.task = task
-        self.model = torch.compile(task.model) if runtime.compile else task.model
+        train_model = wrap_model(task.model, runtime, sync_batchnorm=sync_batchnorm)
+        self.model = torch.compile(train_model) if runtime.compile else train_model
+        # Every rank evaluates the full sets itself, without DDP's collectives.
+        self.eval_model = self.model if train_model is task.model else (
+            torch.compile(task.model) if runtime.compile else task.model)
+        self.guard = guard or TrainingGuard(runtime, check_every=50)
+        self.checkpointer = checkpointer
+        self.steps_per_epoch = steps_per_epoch or len(task.train_loader)
+        self.state = TrainState()
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.runtime = runtime
@@ -69,25 +140,33 @@ class Trainer:
         self.sinks = list(sinks)
 
     def fit(self, state: TrainState) -> TrainState:
-        """Run the remaining epochs, ``state.epochs_completed`` to ``epochs``."""
+        """Run the remaining epochs, ``state.epochs_completed`` to ``epochs`` (from mid-epoch if
+        ``state.in_epoch`` is set). Raises ``Diverged`` or ``Preempted`` when the guard stops training."""
+        self.state = state
         bar = tqdm(range(state.epochs_completed, self.epochs), desc="epochs", initial=state.epochs_completed,
                    total=self.epochs, disable=not self.progress, dynamic_ncols=True)
         for epoch in bar:
-            row = self.run_epoch(epoch)
+            row = self.run_epoch(epoch, state.in_epoch)
             state.record(row, self.monitor)
             for sink in self.sinks:
                 sink.log_epoch(row)
             self.end_of_epoch(state)
+            if self.guard.poll(self.scheduler.last_epoch, force=True) == "preempted":  # arrived in evaluation
+                raise Preempted(self.guard.signal, self.scheduler.last_epoch)
             bar.set_postfix({"train": f"{row[M.TRAIN_ACC]:.1f}%", "test": f"{row[M.TEST_ACC]:.1f}%"})
         return state
 
     def end_of_epoch(self, state: TrainState) -> None:
-        """Every epoch's row has been recorded: the place for an atomic checkpoint (model, optimizer,
-        scheduler, scaler, RNG states, ``state``)."""
+        """Every epoch's row has been recorded, and the guard found no divergence: checkpoint."""
+        self.save_checkpoint(state)
 
-    def run_epoch(self, epoch: int) -> dict[str, float]:
+    def save_checkpoint(self, state: TrainState) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.save(self, state)
+
+    def run_epoch(self, epoch: int, progress: EpochProgress | None = None) -> dict[str, float]:
         """One epoch (``epoch`` is 0-based) and its metrics row, keys as in ``metrics.EPOCH_METRIC_KEYS``."""
-        train = self.train_one_epoch(epoch)
+        train = self.train_one_epoch(epoch, progress)
         eval_start = time.perf_counter()
         evaluated = {name: self.evaluate(loader) for name, loader in self.task.eval_loaders.items()}
         eval_seconds = time.perf_counter() - eval_start
@@ -106,25 +185,42 @@ class Trainer:
         }
         return {key: row[key] for key in M.EPOCH_METRIC_KEYS}
 
-    def train_one_epoch(self, epoch: int) -> TrainingPass:
-        """The loop never syncs with the device; ``totals.read()`` at the end is the one sync, so the timing
-        covers all queued work."""
-        loader = self.task.train_loader
-        loader.set_epoch(epoch)
+    def train_one_epoch(self, epoch: int, progress: EpochProgress | None = None) -> TrainingPass:
+        """The loop syncs with the device only when the guard reads its divergence flag (every
+        ``check_every`` steps); ``totals.read()`` at the end is the epoch's sync, so the timing covers all
+        queued work. ``progress`` continues an epoch that stopped after ``progress.batches`` batches."""
+        if progress is None:
+            progress = EpochProgress(epoch, 0, M.RunningTotals(self.runtime.device),
+                                     self.optimizer.param_groups[0]["lr"], 0.0)
+        assert progress.epoch == epoch, (progress.epoch, epoch)
+        batches = epoch_batches(self.task.train_loader, epoch, progress.batches, self.steps_per_epoch)
         self.model.train()
-        totals = M.RunningTotals(self.runtime.device)
-        lr = self.optimizer.param_groups[0]["lr"]
-        start = time.perf_counter()
-        for batch in tqdm(loader, desc=f"epoch {epoch + 1}", total=len(loader), leave=False,
-                          disable=not self.progress, dynamic_ncols=True):
+        totals, lr, index = progress.totals, progress.lr, progress.batches  # index: batches done
+        start = time.perf_counter() - progress.seconds
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}", initial=progress.batches, total=self.steps_per_epoch,
+                   leave=False, disable=not self.progress, dynamic_ncols=True)
+        for index, batch in enumerate(bar, start=progress.batches + 1):
             with self.runtime.autocast():
                 loss, correct, count = self.task.training_step(self.model, batch)
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer_step(loss)
             totals.add(loss, correct, count)
-        measured = totals.read()
+            self.guard.record(loss, self.scheduler.last_epoch)
+            if stop := self.guard.poll(self.scheduler.last_epoch):
+                self.stop(stop, EpochProgress(epoch, index, totals, lr, time.perf_counter() - start))
+        if stop := self.guard.poll(self.scheduler.last_epoch, force=True):
+            self.stop(stop, EpochProgress(epoch, index, totals, lr, time.perf_counter() - start))
+        measured = reduce_totals(totals, self.runtime).read()
         return TrainingPass(loss=measured["loss"], acc=measured["acc"], lr=lr,
                             seconds=time.perf_counter() - start, samples=totals.count)
+
+    def stop(self, reason: str, progress: EpochProgress) -> None:
+        """Raise ``Diverged`` (saving nothing), or checkpoint at ``progress`` and raise ``Preempted``."""
+        if reason == "diverged":
+            raise Diverged(self.guard.diverged_at)
+        self.state.in_epoch = progress
+        self.save_checkpoint(self.state)
+        raise Preempted(self.guard.signal, self.scheduler.last_epoch)
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -139,6 +235,6 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
-        self.model.eval()
+        self.eval_model.eval()
         with self.runtime.autocast():
-            return self.task.evaluate(self.model, loader)
+            return self.task.evaluate(self.eval_model, loader)

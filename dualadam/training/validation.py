@@ -14,9 +14,10 @@ import torch
 from omegaconf import DictConfig
 
 from dualadam.data import DATASET_NAMES
+from dualadam.data.memory import LOADERS
 from dualadam.models import paper_model_names
 from dualadam.training.metrics import EPOCH_METRIC_KEYS
-from dualadam.training.optimizers import optimizer_names
+from dualadam.training.optimizers import has_fused_path, optimizer_names
 from dualadam.training.runtime import PRECISIONS
 from dualadam.training.schedulers import SCHEDULES
 from dualadam.training.tasks import TASKS
@@ -128,9 +129,22 @@ def check_trainer(trainer: DictConfig) -> None:
     check_device("trainer.device", str(trainer.device))
     for key in ("channels_last", "progress"):
         check(trainer[key] in AUTO_OR_BOOL, f"trainer.{key}", trainer[key], "auto, true or false")
+    fused = trainer.get("fused_optimizer", "auto")
+    check(fused in AUTO_OR_BOOL, "trainer.fused_optimizer", fused, "auto (on for CUDA), true or false")
     for key in ("compile", "deterministic"):
         check(isinstance(trainer[key], bool), f"trainer.{key}", trainer[key], "true or false")
     check_choice("trainer.monitor", trainer.monitor, EPOCH_METRIC_KEYS, "metric")
+    for key in ("resume", "sync_batchnorm"):
+        check(isinstance(trainer.get(key, True), bool), f"trainer.{key}", trainer.get(key), "true or false")
+    check_every = trainer.get("check_every", 50)
+    check(_is_int(check_every) and check_every >= 1, "trainer.check_every", check_every,
+          "an integer number of optimizer steps >= 1")
+
+
+def check_analysis(analysis: DictConfig) -> None:
+    check(isinstance(analysis.sharpness, bool), "analysis.sharpness", analysis.sharpness, "true or false")
+    for key in ("batches", "eig_iters", "trace_samples"):
+        check(_is_int(analysis[key]) and analysis[key] >= 1, f"analysis.{key}", analysis[key], "an integer >= 1")
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -138,9 +152,15 @@ def validate_config(cfg: DictConfig) -> None:
     check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     check_choice("task", cfg.task, TASKS, "task")
     check_choice("dataset.name", cfg.dataset.name, DATASET_NAMES, "dataset")
+    check_choice("dataset.loader", cfg.dataset.get("loader") or "dataloader", LOADERS, "loader")
     check_model_name("model.name", cfg.model.name, paper_model_names())
     check_optimizer(cfg.optimizer, optimizer_names())
     check_choice("scheduler.name", cfg.scheduler.name, SCHEDULES, "scheduler")
     check_schedule_params(cfg.scheduler)
     check_trainer(cfg.trainer)
+    if cfg.trainer.get("fused_optimizer", "auto") is True:
+        check(has_fused_path(cfg.optimizer.name), "trainer.fused_optimizer", True,
+              f"auto or false: optimizer {cfg.optimizer.name!r} has no fused implementation")
     check_choice("logger.mode", str(cfg.logger.mode), MODES, "W&B mode")
+    if "analysis" in cfg:
+        check_analysis(cfg.analysis)

@@ -16,12 +16,18 @@ from dualadam.training.runtime import Runtime
 
 
 class ImageClassification:
-    """Batches are ``(images, labels)``: float NCHW normalized images and int64 class indices."""
+    """Batches are ``(images, labels)``: float NCHW normalized images and int64 class indices.
+
+    With the in-memory loader (``dataset.loader``) batches arrive already on the device, in the runtime's
+    memory format and autocast dtype (``runtime.input_dtype``), so ``_to_device`` does nothing; DataLoader
+    batches arrive as float32 on the CPU and are moved here.
+    """
 
     def __init__(self, cfg: DictConfig, runtime: Runtime):
         data = build_image_data(
             cfg.dataset, batch_size=cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
             num_workers=cfg.trainer.num_workers, seed=cfg.seed, rank=runtime.rank, world_size=runtime.world_size,
+            device=runtime.device, dtype=runtime.input_dtype, memory_format=runtime.memory_format,
         )
         self.info = data.info
         self.runtime = runtime

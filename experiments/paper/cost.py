@@ -1,0 +1,141 @@
+"""What each paper-table study costs in A100 GPU-hours, from measured FLOPs and stated assumptions.
+
+    python experiments/paper/cost.py                                    # print the table
+    python experiments/paper/cost.py --readme experiments/paper/README.md   # also rewrite its cost block
+
+For every ``configs/experiment/paper_*.yaml`` and ``fair_*.yaml``: the model the config builds is run once,
+forward and backward, on CPU under ``torch.utils.flop_counter`` (matmul and convolution FLOPs; elementwise
+ops are not counted), giving the training and evaluation FLOPs per image. The config's sweep gives the number
+of runs, its epochs and dataset the images. The hours follow from the assumptions below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from torch.utils.flop_counter import FlopCounterMode
+
+from dualadam.data.info import DatasetInfo, normalization_for
+from dualadam.models import build_model
+from dualadam.reporting.readme_blocks import rewrite_block
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO / "configs"
+
+# Dataset facts: (training images, test images, classes, image side in pixels).
+DATASETS = {
+    "cifar10": (50_000, 10_000, 10, 32),
+    "cifar100": (50_000, 10_000, 100, 32),
+    "tiny_imagenet": (100_000, 10_000, 200, 64),
+    "imagenet": (1_281_167, 50_000, 1000, 224),
+}
+# Assumptions (README: "What it costs"). A100 dense fp16 tensor-core peak, and the fraction of it a batch-128
+# eager PyTorch loop reaches on these small models: kernels are small, so launch overhead and memory traffic,
+# not tensor-core math, dominate.
+A100_PEAK_FLOPS = 312e12
+UTILIZATION = 0.15
+# ImageNet's JPEG decode and RandomResizedCrop run on the host: about 3,000 images/s with 16 loader workers.
+# The CIFAR and Tiny-ImageNet sets fit on the GPU (the device-resident loader), so only ImageNet is data-bound.
+HOST_IMAGES_PER_S = {"imagenet": 3_000.0}
+
+
+@dataclass(frozen=True)
+class StudyCost:
+    study: str
+    dataset: str
+    model: str
+    params_m: float
+    train_gflops: float     # per training image, forward + backward
+    runs: int
+    epochs: int
+    compute_hours: float    # per run
+    data_hours: float       # per run: the host loader's floor
+
+    @property
+    def hours_per_run(self) -> float:
+        return max(self.compute_hours, self.data_hours)
+
+    @property
+    def total_hours(self) -> float:
+        return self.hours_per_run * self.runs
+
+
+def flops_per_image(model: torch.nn.Module, image_size: int, train: bool) -> float:
+    """Matmul and convolution FLOPs for one image: forward, plus backward when ``train``."""
+    batch = torch.randn(2, 3, image_size, image_size)
+    model.train(train)
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            model(batch).sum().backward()
+        else:
+            with torch.no_grad():
+                model(batch)
+    return counter.get_total_flops() / batch.shape[0]
+
+
+def sweep_size(params) -> int:
+    """How many jobs Hydra's basic sweeper launches for ``hydra.sweeper.params``."""
+    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1 for o in overrides)
+
+
+def study_cost(study: str) -> StudyCost:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={study}"], return_hydra_config=True)
+    train_images, test_images, classes, size = DATASETS[cfg.dataset.name]
+    norm = normalization_for(cfg.dataset.name, "dataset")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, DatasetInfo(cfg.dataset.name, classes, size, 3, norm.mean, norm.std))
+    train_flops, eval_flops = flops_per_image(model, size, True), flops_per_image(model, size, False)
+    epochs = int(cfg.trainer.epochs)
+    # Each epoch also evaluates the test set and a train-eval subset as large as it.
+    flops = epochs * (train_images * train_flops + 2 * test_images * eval_flops)
+    host_rate = HOST_IMAGES_PER_S.get(cfg.dataset.name, math.inf)
+    return StudyCost(study, cfg.dataset.name, cfg.model.name, sum(p.numel() for p in model.parameters()) / 1e6,
+                     train_flops / 1e9, sweep_size(cfg.hydra.sweeper.params), epochs,
+                     flops / (A100_PEAK_FLOPS * UTILIZATION) / 3600,
+                     epochs * (train_images + 2 * test_images) / host_rate / 3600)
+
+
+def hours(value: float) -> str:
+    """Two significant figures below 10, whole hours above: the estimate is no finer."""
+    return f"{value:.2g}" if value < 10 else f"{value:,.0f}"
+
+
+def cost_table(costs: list[StudyCost]) -> str:
+    lines = ["| study | dataset / model | params (M) | train GFLOPs / image | runs | A100-h per run | "
+             "A100-h, whole study |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for c in costs:
+        bound = " (data-bound)" if c.data_hours > c.compute_hours else ""
+        lines.append(f"| `{c.study}` | {c.dataset} / {c.model} | {c.params_m:.1f} | {c.train_gflops:.2f} | "
+                     f"{c.runs} | {hours(c.hours_per_run)}{bound} | {hours(c.total_hours)} |")
+    total = sum(c.total_hours for c in costs)
+    assumptions = (f"_Generated by `make paper-cost` (`experiments/paper/cost.py`). Assumptions: A100 at "
+                   f"{UTILIZATION:.0%} of its {A100_PEAK_FLOPS / 1e12:.0f} TFLOP/s fp16 peak; ImageNet loading at "
+                   f"{HOST_IMAGES_PER_S['imagenet']:,.0f} images/s. Every study together: {hours(total)} "
+                   "A100-hours. Estimates: expect the real figures within a factor of 2 to 3._")
+    return "\n".join([assumptions, "", *lines]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readme", type=Path, help="a Markdown file whose paper-cost block to rewrite")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(1)
+    studies = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")
+                     if p.stem.startswith(("paper_", "fair_")))
+    table = cost_table([study_cost(s) for s in studies])
+    print(table)
+    if args.readme:
+        rewrite_block(args.readme, "paper-cost", table)
+
+
+if __name__ == "__main__":
+    main()

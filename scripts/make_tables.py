@@ -1,0 +1,108 @@
+"""``make tables``: finished runs -> ``results/<study>/`` CSVs -> tables, plots and README blocks.
+
+    python scripts/make_tables.py                                  # search outputs/ multirun/ results/runs/
+    python scripts/make_tables.py --roots /scratch/me/multirun     # other run directories
+    python scripts/make_tables.py --wandb --wandb-entity my-team   # also the W&B API (skipped when offline)
+    python scripts/make_tables.py --no-collect                     # only rebuild tables from results/*/runs.csv
+
+A study is the ``logger.group`` a run was launched with (each ``configs/experiment/<study>.yaml`` sets it to
+``<study>``), else its ``experiment=`` choice; its files go to ``results/<study>/``. Runs are merged into the
+study's CSVs (a run found again replaces its rows); then every study with a ``runs.csv`` gets ``table.md``,
+``table.tex``, ``test_acc.png``, ``gap_acc.png`` and ``README.md``, and every
+``<!-- results:<study>:begin/end -->`` block of the ``--readme`` files is rewritten. The same CSVs always give
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from dualadam.reporting.local_runs import collect_local_runs
+from dualadam.reporting.report import fill_readme, load_study, write_study_report
+from dualadam.reporting.results_csv import RUNS_FILE, merge_study
+from dualadam.reporting.run_records import study_folder_name
+from dualadam.reporting.wandb_runs import fetch_wandb_runs
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOTS = ("outputs", "multirun", "results/runs")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--roots", nargs="*", type=Path, default=[Path(r) for r in DEFAULT_ROOTS],
+                        help=f"folders to search for run directories (default: {' '.join(DEFAULT_ROOTS)})")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="where results/<study>/ go")
+    parser.add_argument("--readme", type=Path, action="append", default=None,
+                        help="a Markdown file whose results blocks to rewrite (repeatable; default README.md)")
+    parser.add_argument("--no-readme", action="store_true", help="rewrite no README block (e.g. make demo)")
+    parser.add_argument("--print", action="store_true", help="print each study's table.md (e.g. make demo)")
+    parser.add_argument("--study", action="append", default=None, help="only this study (repeatable)")
+    parser.add_argument("--no-collect", action="store_true", help="skip the search; rebuild from the CSVs")
+    parser.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (needs network)")
+    parser.add_argument("--wandb-project", default="dualadam")
+    parser.add_argument("--wandb-entity", default=None)
+    return parser.parse_args(argv)
+
+
+def experiment_command(study: str) -> str | None:
+    """How a study's runs are launched, when it is one of the pinned experiment configs."""
+    if (REPO / "configs" / "experiment" / f"{study}.yaml").is_file():
+        return f"python -m dualadam.train -m experiment={study}"
+    return None
+
+
+def collect(args: argparse.Namespace) -> None:
+    records, notes = collect_local_runs(args.roots)
+    if args.wandb:
+        remote, note = fetch_wandb_runs(args.wandb_project, args.wandb_entity, args.study)
+        known = {r.wandb_run_id for r in records if r.wandb_run_id}
+        records += [r for r in remote if r.wandb_run_id not in known]   # a local copy wins over W&B's
+        notes.append(note)
+    by_study = defaultdict(list)
+    for record in records:
+        if args.study is None or record.study in args.study:
+            by_study[study_folder_name(record.study)].append(record)
+    for folder_name, study_records in sorted(by_study.items()):
+        merge_study(args.results / folder_name, study_records)
+        notes.append(f"{args.results / folder_name}: {len(study_records)} runs collected")
+    print("\n".join(f"[tables] {n}" for n in notes))
+
+
+def report(args: argparse.Namespace) -> None:
+    studies = {}
+    for runs_csv in sorted(args.results.glob(f"*/{RUNS_FILE}")):
+        study = load_study(runs_csv.parent)
+        studies[runs_csv.parent.name] = study   # every study, for the README blocks
+        if args.study is not None and study.name not in args.study:
+            continue
+        write_study_report(study, experiment_command(study.name))
+        table = study.table
+        print(f"[tables] {study.name}: {len(table.rows)} runs, {len(table.rows) - len(table.excluded)} averaged, "
+              f"{len(table.excluded)} not averaged -> {runs_csv.parent}/")
+        if args.print:
+            print((runs_csv.parent / "table.md").read_text())
+    if not studies:
+        print(f"[tables] no study has results yet (no {args.results}/<study>/{RUNS_FILE})")
+    readmes = [] if args.no_readme else args.readme if args.readme is not None else [Path("README.md")]
+    for readme in readmes:
+        notes = fill_readme(readme, args.results, studies) if readme.is_file() else [f"{readme}: not found, skipped"]
+        for note in notes:
+            print(f"[tables] {note}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="[tables] %(levelname)s %(message)s")
+    print(f"[tables] {shlex.join(['python', 'scripts/make_tables.py', *(sys.argv[1:] if argv is None else argv)])}")
+    if not args.no_collect:
+        collect(args)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
