@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from hydra.errors import MissingConfigException
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from dualadam.optim.schedules import inverse_adam_rate as dualadam_alpha
 from dualadam.training.optimizers import build_optimizer, warmup_steps
@@ -40,8 +40,16 @@ def test_every_group_has_configs():
 
 @pytest.mark.parametrize(("group", "name"), ALL_CHOICES, ids=[f"{g}={n}" for g, n in ALL_CHOICES])
 def test_config_composes_and_validates(group, name):
-    cfg = compose_train_config([f"{group}={name}"], fast=False)
+    # Text datasets and causal LMs belong to task=llm_finetune: compose them on top of its smoke config.
+    base = ["debug=llm_smoke"] if is_llm_choice(group, name) else []
+    cfg = compose_train_config([*base, f"{group}={name}"], fast=False)
     validate_config(cfg)
+
+
+def is_llm_choice(group: str, name: str) -> bool:
+    """LLM model configs name a ``source``; image dataset configs have a ``root`` folder, text ones do not."""
+    cfg = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
+    return (group == "model" and "source" in cfg) or (group == "dataset" and "root" not in cfg)
 
 
 def test_defaults_are_the_papers_setup():

@@ -33,3 +33,21 @@ def test_sharpness_is_off_by_default(make_cfg):
 def test_bad_analysis_settings_fail_before_training(make_cfg):
     with pytest.raises(ConfigError, match="analysis.eig_iters"):
         train(make_cfg("analysis.eig_iters=0"))
+
+
+def test_analyze_command_writes_sharpness_and_plots_from_a_checkpoint(make_cfg):
+    from dualadam.analyze import main
+
+    first, second = make_cfg("seed=1"), make_cfg("seed=2")
+    train(first)
+    train(second)
+    main([first.run_dir, "--batches", "1", "--eig-iters", "4", "--trace-samples", "4", "--points-1d", "7",
+          "--points-2d", "3", "--line-to", second.run_dir])
+    run_dir = Path(first.run_dir)
+    result = json.loads((run_dir / "sharpness.json").read_text())
+    assert all(math.isfinite(result[key]) for key in SHARPNESS_KEYS)
+    for png in ("landscape_1d.png", "landscape_2d.png", f"line_to_{Path(second.run_dir).name}.png"):
+        assert (run_dir / png).read_bytes().startswith(b"\x89PNG")
+    # the line starts at this run's solution and ends at the other's: different losses at the two ends
+    losses, ts = result["line"]["losses"], result["line"]["ts"]  # 7 points: -0.25, 0, ..., 1, 1.25
+    assert ts[1] == 0.0 and ts[-2] == 1.0 and losses[1] != losses[-2]

@@ -157,8 +157,9 @@ def build_image_data(dataset_cfg: DictConfig | Mapping, *, batch_size: int, eval
     sharded.
 
     With ``dataset.loader`` resolving to ``memory``, the loaders hold the images on ``device`` and yield
-    batches already there, in ``dtype`` (the compute dtype) and ``memory_format``; ``num_workers`` is unused.
-    The DataLoader path yields float32 CPU batches whatever these three say.
+    batches already there, in ``dtype`` (the compute dtype) and ``memory_format``; ``num_workers`` is unused,
+    and rank r takes the r-th contiguous slice of each global batch of ``batch_size * world_size``
+    (``device_loaders``). The DataLoader path yields float32 CPU batches whatever these three say.
     """
     cfg = dataset_cfg if isinstance(dataset_cfg, DictConfig) else OmegaConf.create(dict(dataset_cfg))
     spec = dataset_spec(cfg.get("name"))

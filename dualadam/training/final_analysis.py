@@ -29,14 +29,23 @@ def _as_float32(batch):
     return batch
 
 
+def measurement_batches(task, count: int) -> list:
+    """The first ``count`` train-eval batches, in fp32: the fixed data that defines the measured loss."""
+    return [_as_float32(b) for b in itertools.islice(task.eval_loaders["train_eval"], count)]
+
+
+def task_loss(task):
+    """``loss_fn(model, batch)``: the task's own mean training loss, as the analysis functions expect."""
+    def loss_fn(model, batch):
+        return task.training_step(model, batch)[0]
+    return loss_fn
+
+
 def final_sharpness(task, analysis: DictConfig) -> dict[str, float]:
     """``sharpness/hessian_top_eig``, ``sharpness/hessian_trace`` and its standard error for ``task.model``."""
-    batches = [_as_float32(b) for b in itertools.islice(task.eval_loaders["train_eval"], analysis.batches)]
+    batches = measurement_batches(task, analysis.batches)
     model = task.model.float()
-
-    def loss_fn(m, batch):
-        return task.training_step(m, batch)[0]
-
+    loss_fn = task_loss(task)
     log.info("Measuring sharpness on %d train-eval batches (%d Lanczos iterations, %d Hutchinson probes)",
              len(batches), analysis.eig_iters, analysis.trace_samples)
     return measure_sharpness(model, loss_fn, batches, eig_iters=analysis.eig_iters,

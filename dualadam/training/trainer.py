@@ -183,7 +183,10 @@ class Trainer:
             M.EPOCH_TIME: train.seconds, M.EVAL_TIME: eval_seconds,
             M.THROUGHPUT: train.samples / train.seconds,
         }
-        return {key: row[key] for key in M.EPOCH_METRIC_KEYS}
+        # Task-specific extras (e.g. the LLM task's test/perplexity) follow the contract's keys.
+        extras = {f"{split}/{key}": value for split, result in evaluated.items()
+                  for key, value in result.items() if key not in ("loss", "acc")}
+        return {**{key: row[key] for key in M.EPOCH_METRIC_KEYS}, **extras}
 
     def train_one_epoch(self, epoch: int, progress: EpochProgress | None = None) -> TrainingPass:
         """The loop syncs with the device only when the guard reads its divergence flag (every

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from dualadam.data import DATASET_NAMES
+from dualadam.llm import LLMConfigError, validate_llm_config
 from dualadam.data.memory import LOADERS
 from dualadam.models import paper_model_names
 from dualadam.training.metrics import EPOCH_METRIC_KEYS
@@ -151,9 +152,15 @@ def validate_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` for the first problem found."""
     check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     check_choice("task", cfg.task, TASKS, "task")
-    check_choice("dataset.name", cfg.dataset.name, DATASET_NAMES, "dataset")
-    check_choice("dataset.loader", cfg.dataset.get("loader") or "dataloader", LOADERS, "loader")
-    check_model_name("model.name", cfg.model.name, paper_model_names())
+    if cfg.task == "llm_finetune":
+        try:
+            validate_llm_config(cfg)
+        except LLMConfigError as error:
+            raise ConfigError(str(error)) from None
+    else:
+        check_choice("dataset.name", cfg.dataset.name, DATASET_NAMES, "dataset")
+        check_choice("dataset.loader", cfg.dataset.get("loader") or "dataloader", LOADERS, "loader")
+        check_model_name("model.name", cfg.model.name, paper_model_names())
     check_optimizer(cfg.optimizer, optimizer_names())
     check_choice("scheduler.name", cfg.scheduler.name, SCHEDULES, "scheduler")
     check_schedule_params(cfg.scheduler)

@@ -8,10 +8,12 @@ from omegaconf import DictConfig
 
 from dualadam.training.runtime import Runtime
 from dualadam.training.tasks.base import EpochLoader, Task
+from dualadam.llm.task import LLMFineTuning
 from dualadam.training.tasks.image_classification import ImageClassification
 
 TASKS: dict[str, Callable[[DictConfig, Runtime], Task]] = {
     "image_classification": ImageClassification,
+    "llm_finetune": LLMFineTuning,  # transformers/peft load only when the task is built (the `llm` extra)
 }
 
 

@@ -1,0 +1,128 @@
+"""Where fine-tuning examples come from: the built-in arithmetic task, local JSONL files, HF datasets by name.
+
+``load_splits(dataset_cfg) -> (train, test)`` lists of :class:`Example`. Each source keeps its train and test
+examples disjoint: the arithmetic task and single-split sources (Alpaca, a lone JSONL file) split by a hash of
+the prompt, so a prompt is in one split only; GSM8K and paired JSONL files use their own given splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import random
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from dualadam.llm.arithmetic import arithmetic_problems
+from dualadam.llm.errors import LLMConfigError, LLMSetupError
+from dualadam.llm.examples import Example
+
+DATASET_NAMES = ("arithmetic", "jsonl", "gsm8k", "alpaca")
+JSONL_FORMAT = ('one JSON object per line, either {"prompt": ..., "response": ..., "answer": optional} or '
+                'Alpaca-style {"instruction": ..., "input": optional, "output": ...}')
+
+
+def example_from_record(record: Mapping, where: str) -> Example:
+    """A JSONL or Alpaca-style record as an example; ``where`` (file:line) goes into the error message."""
+    if "prompt" in record and "response" in record:
+        answer = record.get("answer")
+        return Example(str(record["prompt"]), str(record["response"]), None if answer is None else str(answer))
+    if "instruction" in record and "output" in record:
+        context = str(record.get("input") or "").strip()
+        prompt = str(record["instruction"]) + (f"\n\n{context}" if context else "")
+        return Example(prompt, str(record["output"]))
+    raise LLMConfigError(f"{where}: keys {sorted(record)} are not a fine-tuning example; expected {JSONL_FORMAT}")
+
+
+def gsm8k_example(record: Mapping) -> Example:
+    """GSM8K's ``answer`` is the worked solution with ``<<48/2=24>>`` calculator notes and a final ``#### 72``;
+    the response keeps the solution without the notes and closes with "The answer is 72."."""
+    solution, final = str(record["answer"]).rsplit("####", 1)
+    final = final.strip().replace(",", "")
+    worked = re.sub(r"<<[^>]*>>", "", solution).strip()
+    return Example(str(record["question"]), f"{worked}\nThe answer is {final}.", final)
+
+
+def read_jsonl(path: str | Path) -> list[Example]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LLMSetupError(f"JSONL file {str(path)!r} not found. Put the data there ({JSONL_FORMAT}) or point "
+                            f"dataset.train_file / dataset.test_file at it.")
+    examples = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise LLMConfigError(f"{path}:{number} is not valid JSON ({error}); expected {JSONL_FORMAT}") from None
+            examples.append(example_from_record(record, f"{path}:{number}"))
+    if not examples:
+        raise LLMConfigError(f"{path} holds no examples; expected {JSONL_FORMAT}")
+    return examples
+
+
+def split_by_prompt_hash(examples: Iterable[Example], test_fraction: float) -> tuple[list[Example], list[Example]]:
+    """(train, test): an example is in test iff a SHA-256 hash of its prompt falls below ``test_fraction``, so
+    duplicated prompts always land in the same split."""
+    train, test = [], []
+    for example in examples:
+        digest = hashlib.sha256(example.prompt.encode()).digest()
+        (test if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else train).append(example)
+    return train, test
+
+
+def load_hf_split(path: str, name: str | None, split: str) -> list[Mapping]:
+    """Rows of a Hugging Face dataset split (needs the `datasets` package and the network, or a local cache)."""
+    try:
+        datasets = importlib.import_module("datasets")
+    except ImportError:
+        raise LLMSetupError(f"dataset {path!r} comes from the Hugging Face Hub and needs the `datasets` package: "
+                            "`pip install datasets`, with network access (or a cache filled by an earlier "
+                            "online run). Offline, use dataset=arithmetic or a local JSONL file.") from None
+    try:
+        return list(datasets.load_dataset(path, name, split=split))
+    except Exception as error:  # the hub raises many types (connection, missing repo, no cache): all fatal here
+        raise LLMSetupError(f"Could not load the Hugging Face dataset {path!r} (config {name!r}, split {split!r}): "
+                            f"{type(error).__name__}: {error}. It needs network access or a local cache "
+                            "(HF_DATASETS_OFFLINE=1 uses the cache only). Offline, use dataset=arithmetic or a "
+                            "local JSONL file (dataset=jsonl).") from None
+
+
+def take(examples: list[Example], size: int | None, seed: int, what: str) -> list[Example]:
+    """A seeded random subset of ``size`` examples (all of them, in file order, if ``size`` is null)."""
+    if size is None:
+        return examples
+    if size > len(examples):
+        raise LLMConfigError(f"dataset.{what}_size={size} but only {len(examples)} {what} examples exist; "
+                             f"lower it or set it to null (all)")
+    return random.Random(f"{what}/{seed}").sample(examples, size)
+
+
+def load_splits(cfg: Mapping) -> tuple[list[Example], list[Example]]:
+    """(train, test) examples as ``cfg`` (the ``dataset`` config) says; sizes and subsets applied."""
+    name, seed = cfg["name"], int(cfg.get("data_seed", 0))
+    train_size, test_size = cfg.get("train_size"), cfg.get("test_size")
+    if name == "arithmetic":
+        fraction = float(cfg.get("test_fraction", 0.2))
+        return (arithmetic_problems("train", int(train_size), seed, fraction),
+                arithmetic_problems("test", int(test_size), seed, fraction))
+    if name == "jsonl":
+        if cfg.get("test_file"):
+            train, test = read_jsonl(cfg["train_file"]), read_jsonl(cfg["test_file"])
+        else:
+            train, test = split_by_prompt_hash(read_jsonl(cfg["train_file"]), float(cfg.get("test_fraction", 0.1)))
+    elif name == "gsm8k":
+        path, config = cfg.get("hf_path", "openai/gsm8k"), cfg.get("hf_config", "main")
+        train = [gsm8k_example(r) for r in load_hf_split(path, config, "train")]
+        test = [gsm8k_example(r) for r in load_hf_split(path, config, "test")]
+    elif name == "alpaca":
+        rows = load_hf_split(cfg.get("hf_path", "tatsu-lab/alpaca"), cfg.get("hf_config"), "train")
+        records = [example_from_record(row, f"{cfg.get('hf_path')} row {i}") for i, row in enumerate(rows)]
+        train, test = split_by_prompt_hash(records, float(cfg.get("test_fraction", 0.02)))
+    else:
+        raise LLMConfigError(f"Unknown LLM dataset dataset.name={name!r}; valid: {', '.join(DATASET_NAMES)}")
+    return take(train, train_size, seed, "train"), take(test, test_size, seed, "test")
