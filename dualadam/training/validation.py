@@ -14,8 +14,8 @@ import torch
 from omegaconf import DictConfig
 
 from dualadam.data import DATASET_NAMES
-from dualadam.llm import LLMConfigError, validate_llm_config
 from dualadam.data.memory import LOADERS
+from dualadam.llm import LLMConfigError, validate_llm_config
 from dualadam.models import paper_model_names
 from dualadam.training.metrics import EPOCH_METRIC_KEYS
 from dualadam.training.optimizers import has_fused_path, optimizer_names

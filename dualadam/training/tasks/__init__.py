@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
+from dualadam.llm.task import LLMFineTuning
 from dualadam.training.runtime import Runtime
 from dualadam.training.tasks.base import EpochLoader, Task
-from dualadam.llm.task import LLMFineTuning
 from dualadam.training.tasks.image_classification import ImageClassification
 
 TASKS: dict[str, Callable[[DictConfig, Runtime], Task]] = {
