@@ -24,7 +24,7 @@ def test_round_trip(tmp_path):
     loaded = load_checkpoint(tmp_path / "last.pt")
     assert torch.equal(loaded["model"]["w"], payload["model"]["w"])
     assert loaded["epoch"] == 3 and loaded["best"] == {"test/acc": 51.2}
-    assert not (tmp_path / "last.pt.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
 def test_truncated_file_is_detected(tmp_path):
@@ -64,6 +64,7 @@ def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint({"epoch": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # the failed write cleaned up after itself
 
 
 def test_rng_states_restore_every_generator():

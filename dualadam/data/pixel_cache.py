@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import uuid
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from dualadam.atomic_files import atomic_write
 from dualadam.data.decoding import decode_images
 from dualadam.data.sources import ArrayImages, FileImages
 
@@ -57,17 +57,12 @@ def write_pixels(path: Path, pixels: np.ndarray) -> None:
     pixels = np.ascontiguousarray(pixels)
     shape = " ".join(str(n) for n in pixels.shape)
     header = MAGIC + f" {zlib.crc32(pixels):08x} {shape}\n".encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique: concurrent runs may write too
-    try:
-        with open(tmp, "wb") as file:
-            file.write(header)
-            pixels.tofile(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def write(file) -> None:
+        file.write(header)
+        pixels.tofile(file)  # straight from the array: no 150 MB bytes copy
+
+    atomic_write(path, write)
 
 
 def read_pixels(path: Path, count: int) -> np.ndarray | None:

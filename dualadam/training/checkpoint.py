@@ -4,8 +4,8 @@ A checkpoint is ``torch.save``'s bytes behind a small header holding their SHA-2
 
     DUALADAM-CHECKPOINT v1 <sha256 hex> <payload length>\\n<payload>
 
-It is written to a temporary file in the same directory, flushed and fsync'ed, then renamed over the old one
-(``os.replace`` is atomic on POSIX), so a crash mid-write leaves the previous checkpoint intact. Loading
+It is written atomically (``dualadam.atomic_files``: temporary file, fsync, rename), so a crash mid-write
+leaves the previous checkpoint intact. Loading
 checks the header, length and digest before unpickling anything: a truncated or corrupted file raises
 ``CorruptCheckpointError`` naming the file, instead of loading garbage or failing deep inside torch.
 """
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dualadam.atomic_files import atomic_write
 
 MAGIC = b"DUALADAM-CHECKPOINT v1"
 
@@ -34,15 +35,7 @@ def save_checkpoint(payload: dict, path: Path) -> None:
     torch.save(payload, buffer)
     data = buffer.getvalue()
     header = MAGIC + b" " + hashlib.sha256(data).hexdigest().encode() + b" " + str(len(data)).encode() + b"\n"
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_directory(path.parent)
+    atomic_write(path, lambda file: (file.write(header), file.write(data)))
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -62,20 +55,6 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise CorruptCheckpointError(f"{path} is corrupted (SHA-256 mismatch); delete it or set "
                                      "trainer.resume=false")
     return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform/filesystem, where it is best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def rng_states() -> dict:
