@@ -40,7 +40,7 @@ format: $(STAMP) ## Format and fix imports with ruff
 bench-optim: $(STAMP) ## Optimizer step time and memory vs torch Adam (foreach and fused), ResNet-18, 1 thread
 	$(PY) scripts/bench_optim.py
 
-bench-train: $(STAMP) data ## Training images/s: suite's default path vs torchvision DataLoader vs bare loop (~3 min)
+bench-train: $(STAMP) data ## Training images/s: suite's default path vs torchvision DataLoader vs bare loop (~2 min)
 	$(PY) scripts/bench_train.py
 
 escape: $(STAMP) ## Diffusion-theory escape experiment: SGD/Adam/InvAdam/DualAdam vs sharpness, Kramers check (~3 min)
