@@ -21,13 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualadam.analysis.escape.report import (
-    render_reading,
-    render_summary,
-    replace_generated_block,
-    write_escape_results,
-)
+from dualadam.analysis.escape.report import render_reading, render_summary, write_escape_results
 from dualadam.analysis.escape.study import EscapeStudyConfig, run_escape_study
+from dualadam.reporting.readme_blocks import rewrite_block
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,7 +61,7 @@ def fill_readmes(paths: list[Path], blocks: dict[str, str]) -> None:
             raise SystemExit(f"{path} has none of the generated blocks {sorted(blocks)}; add "
                              "'<!-- escape-results:begin -->' and '<!-- escape-results:end -->' lines where they go")
         for marker in present:
-            replace_generated_block(path, marker, blocks[marker])
+            rewrite_block(Path(path), marker, blocks[marker])
 
 
 def main(argv: list[str] | None = None) -> None:

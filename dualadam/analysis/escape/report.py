@@ -341,19 +341,6 @@ def _dualadam_reading(result: EscapeStudyResult, dim: int, where: str) -> str:
     return text + "."
 
 
-def replace_generated_block(path: str | Path, marker: str, text: str) -> None:
-    """Replace what lies between ``<!-- {marker}:begin -->`` and ``<!-- {marker}:end -->`` in ``path``."""
-    path = Path(path)
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    content = path.read_text()
-    if begin not in content or end not in content:
-        raise ValueError(f"{path} has no '{begin}' ... '{end}' block to fill; add the two marker lines where "
-                         "the generated text belongs")
-    head, rest = content.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
-
-
 def render_summary(result: EscapeStudyResult, provenance: dict) -> str:
     """The few numbers the top-level README quotes: the Kramers check and the 1-D and d-D slopes."""
     k = result.kramers
