@@ -84,14 +84,14 @@ paper-cost: $(STAMP) ## GPU-hours of each paper/fair study from measured FLOPs -
 tables: $(STAMP) ## Runs -> results/<study>/ CSVs, tables, plots, README blocks (TABLES_ARGS="--wandb")
 	$(PY) scripts/make_tables.py --readme README.md $(TABLES_ARGS)
 
-demo: $(STAMP) ## Quick start (~10 min CPU): Adam vs DualAdam vs matched warmup on real CIFAR-10; table + plot
+demo: $(STAMP) ## Quick start (~3 min on 2 cores): Adam vs DualAdam vs matched warmup on real CIFAR-10; table + plot
 	$(PY) -m dualadam.data.prepare --if-available
 	$(PY) -m dualadam.train -m experiment=demo_cifar10 $(STUDY_ARGS)
 	$(PY) scripts/make_tables.py --roots outputs/studies/demo_cifar10 --study demo_cifar10 --results outputs/demo_results --no-readme --print
 
 # Small CNNs use 2 cores better as two 1-thread processes than as one 2-thread process, so the study's
 # sweep runs in two halves side by side (each half is an ordinary Hydra multirun; run folders never collide).
-study-cpu: $(STAMP) ## The CPU CIFAR-10 study (~35 min on 2 cores): 6 optimizers x 3 seeds -> results/ and README
+study-cpu: $(STAMP) ## The CPU CIFAR-10 study (~25 min on 2 cores): 6 optimizers x 3 seeds -> results/ and README
 	$(PY) -m dualadam.data.prepare --if-available
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=cpu_cifar10_study optimizer=adam,adamw,dualadam $(STUDY_ARGS) & \
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=cpu_cifar10_study optimizer=invadam,adam_matched_warmup,sgd $(STUDY_ARGS) & \
