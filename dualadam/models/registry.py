@@ -39,11 +39,14 @@ def paper_model_names() -> list[str]:
     return list(PAPER_MODELS)
 
 
-def _unknown_model(name: str) -> ValueError:
-    close = difflib.get_close_matches(name, paper_model_names() + timm.list_models(), n=5, cutoff=0.6)
+def unknown_model_problem(name) -> str | None:
+    """None for a paper model or a timm model name; otherwise why not, with the closest valid names."""
+    if name in PAPER_MODELS or (isinstance(name, str) and timm.is_model(name)):
+        return None
+    close = difflib.get_close_matches(str(name), paper_model_names() + timm.list_models(), n=5, cutoff=0.6)
     hint = f" Did you mean one of {close}?" if close else ""
-    return ValueError(f"unknown model {name!r}: not one of the paper's models {paper_model_names()} and not a "
-                      f"timm model (see timm.list_models(), e.g. timm.list_models('resnet*')).{hint}")
+    return (f"unknown model {str(name)!r}: not one of the paper's models {paper_model_names()} and not a "
+            f"timm model (see timm.list_models(), e.g. timm.list_models('resnet*')).{hint}")
 
 
 def _timm_model(name: str, info: DatasetInfo, pretrained: bool, kwargs: dict) -> nn.Module:
@@ -72,6 +75,7 @@ def build_model(model_cfg: DictConfig | Mapping, info: DatasetInfo) -> nn.Module
             raise ValueError(f"model.pretrained=true: there are no pretrained weights for {name}; "
                              "set model.pretrained=false")
         return PAPER_MODELS[name].build(info, **kwargs)
-    if not isinstance(name, str) or not timm.is_model(name):
-        raise _unknown_model(str(name))
+    problem = unknown_model_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
     return _timm_model(name, info, pretrained, kwargs)

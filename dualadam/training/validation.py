@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from dualadam.data import DATASET_NAMES
 from dualadam.data.memory import LOADERS
 from dualadam.llm import LLMConfigError, validate_llm_config
-from dualadam.models import paper_model_names
+from dualadam.models import unknown_model_problem
 from dualadam.training.metrics import EPOCH_METRIC_KEYS
 from dualadam.training.optimizers import has_fused_path, optimizer_names
 from dualadam.training.runtime import PRECISIONS
@@ -54,15 +54,10 @@ def check_choice(key: str, value, choices: Iterable[str], what: str) -> None:
     raise ConfigError(f"Unknown {what} {key}={value!r}.{hint} Valid choices: {', '.join(choices)}")
 
 
-def check_model_name(key: str, name: str, paper_names: list[str]) -> None:
-    import timm
-
-    if name in paper_names or timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, paper_names + timm.list_models(), n=5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"Unknown model {key}={name!r}.{hint} Valid: the paper's models "
-                      f"({', '.join(paper_names)}) or any name in timm.list_models().")
+def check_model_name(key: str, name: str) -> None:
+    problem = unknown_model_problem(name)  # the model registry is the one judge of a model name
+    if problem is not None:
+        raise ConfigError(f"{key}: {problem}")
 
 
 def check_device(key: str, name: str) -> None:
@@ -160,7 +155,7 @@ def validate_config(cfg: DictConfig) -> None:
     else:
         check_choice("dataset.name", cfg.dataset.name, DATASET_NAMES, "dataset")
         check_choice("dataset.loader", cfg.dataset.get("loader") or "dataloader", LOADERS, "loader")
-        check_model_name("model.name", cfg.model.name, paper_model_names())
+        check_model_name("model.name", cfg.model.name)
     check_optimizer(cfg.optimizer, optimizer_names())
     check_choice("scheduler.name", cfg.scheduler.name, SCHEDULES, "scheduler")
     check_schedule_params(cfg.scheduler)
