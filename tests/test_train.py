@@ -18,6 +18,7 @@ from dualadam.training.outputs import ERROR_FILE, SUMMARY_FILE, read_metrics
 from dualadam.training.run import train
 from dualadam.training.validation import ConfigError
 from tests.conftest import CONFIG_DIR, FAST_OVERRIDES, SMALL_SYNTHETIC
+from tests.runs import wandb_records
 
 OPTIMIZERS = sorted(path.stem for path in (CONFIG_DIR / "optimizer").glob("*.yaml"))
 
@@ -94,15 +95,6 @@ def test_compiled_model_trains(make_cfg):
     cfg = make_cfg("trainer.compile=true", "dataset.train_size=64", "dataset.test_size=64")
     assert train(cfg)["status"] == "completed"
     assert_complete_row(read_metrics(cfg.run_dir)[0])
-
-
-def wandb_records(run_dir: Path) -> list[dict]:
-    """The records W&B wrote to the run's ``.wandb`` transaction log, decoded by W&B's own reader."""
-    (log,) = (Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb")
-    wandb_cli = Path(sys.executable).with_name("wandb")
-    result = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(log)], capture_output=True,
-                            text=True, timeout=120, check=True)
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
 def test_wandb_offline_run_records_every_epoch_in_its_own_files(make_cfg):

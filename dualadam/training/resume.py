@@ -3,12 +3,12 @@
 ``last.pt`` (``checkpoint.save_checkpoint``: atomic, SHA-256-verified) is written at the end of every epoch and
 when a preemption signal stops training mid-epoch. It holds everything the next step depends on:
 
-- the model, the optimizer (DualAdam/InvAdam keep their step count and mixing weight in their param groups),
+- the model (for LoRA only the adapters: the task's ``checkpoint_state``), the optimizer (DualAdam/InvAdam keep their step count and mixing weight in their param groups),
   the LR scheduler (its step count) and the grad scaler;
 - every RNG state (python, numpy, torch CPU, CUDA) of every rank;
 - the data position: ``train_state.epochs_completed`` and, mid-epoch, ``in_epoch`` (batches trained and the
   epoch's running loss/accuracy sums, so the epoch's row comes out as if never interrupted);
-- the best and last metrics rows and the W&B run id;
+- the best and last metrics rows, the evaluation before training (if any) and the W&B run id;
 - ``config_hash`` and the identity config, so a checkpoint is never resumed by a different experiment.
 """
 
@@ -23,6 +23,7 @@ from dualadam.training.checkpoint import restore_rng_states, rng_states, save_ch
 from dualadam.training.distributed import gather_objects, is_main_process
 from dualadam.training.outputs import config_hash, identity_config
 from dualadam.training.runtime import Runtime
+from dualadam.training.tasks.base import model_checkpoint_state, restore_model_checkpoint_state
 from dualadam.training.trainer import EpochProgress, Trainer, TrainState
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Checkpointer:
             "format": FORMAT_VERSION,
             "config_hash": self.identity,
             "config": self.config,
-            "model": trainer.task.model.state_dict(),
+            "model": model_checkpoint_state(trainer.task),
             "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.scheduler.state_dict(),
             "grad_scaler": scaler,
@@ -59,7 +60,7 @@ class Checkpointer:
             "world_size": self.runtime.world_size,
             "train_state": {
                 "epochs_completed": state.epochs_completed, "last": state.last, "best": state.best,
-                "wandb_run_id": state.wandb_run_id,
+                "wandb_run_id": state.wandb_run_id, "initial": state.initial,
                 "in_epoch": None if in_epoch is None else in_epoch.position(),
             },
         }
@@ -73,7 +74,7 @@ class Checkpointer:
         if payload.get("format") != FORMAT_VERSION:
             raise ValueError(f"{self.path} has checkpoint format {payload.get('format')!r}; this version reads "
                              f"{FORMAT_VERSION}. Resume it with the code that wrote it, or trainer.resume=false")
-        trainer.task.model.load_state_dict(payload["model"])
+        restore_model_checkpoint_state(trainer.task, payload["model"])
         trainer.optimizer.load_state_dict(payload["optimizer"])
         trainer.scheduler.load_state_dict(payload["scheduler"])
         if trainer.scaler is not None and payload["grad_scaler"] is not None:
@@ -85,7 +86,8 @@ class Checkpointer:
         if saved["in_epoch"] is not None:
             in_epoch = EpochProgress.restore(saved["in_epoch"], mine["epoch_totals"], self.runtime.device)
         state = TrainState(epochs_completed=saved["epochs_completed"], last=saved["last"], best=saved["best"],
-                           wandb_run_id=saved["wandb_run_id"], in_epoch=in_epoch)
+                           wandb_run_id=saved["wandb_run_id"], initial=saved.get("initial"),
+                           in_epoch=in_epoch)
         where = (f"the end of epoch {state.epochs_completed}" if state.in_epoch is None else
                  f"epoch {state.in_epoch.epoch + 1}, batch {state.in_epoch.batches}")
         log.info("Resuming from %s (%s)", where, self.path)

@@ -71,6 +71,7 @@ def summarize(cfg: DictConfig, state: TrainState, *, status: str, runtime: Runti
         "epochs": cfg.trainer.epochs,
         "final": None if state.last is None else {**state.last, **state.final_measurements},
         "best": state.best,
+        "initial": state.initial,   # trainer.eval_before_training: the evaluation before the first step
         "monitor": cfg.trainer.monitor,
         "config_hash": out.config_hash(cfg),
         "git": out.git_commit(),
@@ -161,6 +162,10 @@ class Attempt:
             self.wandb.start()
             self.state.wandb_run_id = self.wandb.run_id
             self.files.write_summary(self.summary("running"))
+        if cfg.trainer.get("eval_before_training") and self.state.initial is None:
+            self.state.initial = trainer.evaluate_before_training()
+            self.wandb.update_summary({f"initial/{key}": value for key, value in self.state.initial.items()})
+            log.info("Before training: %s", ", ".join(f"{k} {v:.4g}" for k, v in self.state.initial.items()))
         trainer.fit(self.state)
         if cfg.get("analysis") and cfg.analysis.sharpness:
             self.state.final_measurements = final_sharpness(trainer.task, cfg.analysis)

@@ -100,6 +100,7 @@ class TrainState:
     best: dict[str, float] | None = None   # the row of the best epoch by ``trainer.monitor``
     wandb_run_id: str | None = None
     final_measurements: dict[str, float] = field(default_factory=dict)  # e.g. sharpness, after the last epoch
+    initial: dict[str, float] | None = None  # the evaluation before any training, if asked for (e.g. "test/acc")
     in_epoch: EpochProgress | None = None  # set when stopped mid-epoch (epoch ``epochs_completed``)
 
     def record(self, row: dict[str, float], monitor: str) -> None:
@@ -168,7 +169,7 @@ class Trainer:
         """One epoch (``epoch`` is 0-based) and its metrics row, keys as in ``metrics.EPOCH_METRIC_KEYS``."""
         train = self.train_one_epoch(epoch, progress)
         eval_start = time.perf_counter()
-        evaluated = {name: self.evaluate(loader) for name, loader in self.task.eval_loaders.items()}
+        evaluated = self.evaluate_splits()
         eval_seconds = time.perf_counter() - eval_start
         train_eval, test = evaluated["train_eval"], evaluated["test"]
         row = {
@@ -235,6 +236,16 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         self.scheduler.step()
+
+    def evaluate_splits(self) -> dict[str, dict[str, float]]:
+        """Every evaluation split (``train_eval``, ``test``): ``{split: {"loss": ..., "acc": ..., extras}}``."""
+        return {name: self.evaluate(loader) for name, loader in self.task.eval_loaders.items()}
+
+    def evaluate_before_training(self) -> dict[str, float]:
+        """The untrained (e.g. pretrained, before fine-tuning) model's metrics, keyed like a row:
+        ``{"test/acc": ..., "train_eval/loss": ...}``."""
+        return {f"{split}/{key}": value for split, result in self.evaluate_splits().items()
+                for key, value in result.items()}
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:

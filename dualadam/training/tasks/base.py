@@ -36,3 +36,19 @@ class Task(Protocol):
         """``{"loss": mean per sample, "acc": percent}`` over ``loader``; the model is already in eval mode,
         under ``torch.no_grad`` and autocast."""
         ...
+
+
+def model_checkpoint_state(task: Task) -> dict[str, torch.Tensor]:
+    """The model tensors a checkpoint keeps: the task's own choice if it defines ``checkpoint_state`` (LoRA keeps
+    only the adapters), else the whole ``state_dict``."""
+    own = getattr(task, "checkpoint_state", None)
+    return own() if own is not None else task.model.state_dict()
+
+
+def restore_model_checkpoint_state(task: Task, state: dict[str, torch.Tensor]) -> None:
+    """Put :func:`model_checkpoint_state`'s tensors back into ``task.model``."""
+    own = getattr(task, "load_checkpoint_state", None)
+    if own is not None:
+        own(state)
+    else:
+        task.model.load_state_dict(state)
