@@ -13,6 +13,7 @@ A thin Hydra wrapper over ``dualadam.training.run.train``; tests call that funct
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -26,9 +27,26 @@ from dualadam.training.run import record_failed_start, train
 from dualadam.training.run_directory import register_resolvers
 from dualadam.training.validation import ConfigError
 
-# An absolute path: Hydra resolves a relative one against a Python package when started as a console script,
-# and configs/ is a folder of the checkout, not a package.
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+CONFIG_DIR_VARIABLE = "DUALADAM_CONFIG_DIR"
+
+
+def find_config_dir() -> str:
+    """The ``configs/`` folder, as an absolute path (Hydra resolves a relative one against a Python package
+    when started as a console script): ``$DUALADAM_CONFIG_DIR``, else the checkout's (an editable install or
+    a source tree), else ``./configs`` (a regular ``pip install`` run from a checkout or a copy of it)."""
+    if os.environ.get(CONFIG_DIR_VARIABLE):
+        candidates = [Path(os.environ[CONFIG_DIR_VARIABLE])]
+    else:
+        candidates = [Path(__file__).resolve().parents[1] / "configs", Path.cwd() / "configs"]
+    for folder in candidates:
+        if (folder / "train.yaml").is_file():
+            return str(folder.resolve())
+    raise SystemExit(f"No training configs (train.yaml) in {' or '.join(map(str, candidates))}. configs/ is a "
+                     f"folder of the repository, not of the installed package: run from a checkout, or set "
+                     f"{CONFIG_DIR_VARIABLE}=<checkout>/configs")
+
+
+CONFIG_DIR = find_config_dir()
 
 log = logging.getLogger(__name__)
 register_resolvers()  # ${run_name:} in hydra.run.dir / hydra.sweep.subdir; also in submitit's job processes

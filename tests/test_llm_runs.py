@@ -29,9 +29,12 @@ EXTRA_KEYS = tuple(f"{split}/{key}" for split in ("train_eval", "test") for key 
 
 def test_llm_smoke_run_logs_every_metric_key_locally_and_to_wandb(make_cfg):
     cfg = make_cfg(*SMOKE, "trainer.epochs=2", "logger=wandb", "logger.mode=offline", "logger.console=off",
-                   fast=False)
+                   "trainer.eval_before_training=true", fast=False)
     summary = train(cfg)
     assert summary["status"] == "completed"
+    before = summary["initial"]   # the model before its first step, as a pretrained model before fine-tuning
+    assert sorted(before) == sorted(f"{split}/{key}" for split in ("train_eval", "test")
+                                    for key in ("loss", "acc", "perplexity", "sequence_acc"))
 
     rows = read_metrics(cfg.run_dir)
     assert len(rows) == 2
@@ -44,11 +47,20 @@ def test_llm_smoke_run_logs_every_metric_key_locally_and_to_wandb(make_cfg):
     assert 0 < rows[1][M.INVERSE_ADAM_RATE] < 1   # DualAdam mid-blend (switch_rate 8e-5)
     assert rows[1]["train/loss"] < rows[0]["train/loss"]
 
-    history = [r["history"]["item"] for r in wandb_records(Path(cfg.run_dir)) if r["type"] == "history"]
+    assert rows[1]["test/loss"] < before["test/loss"]
+
+    records = wandb_records(Path(cfg.run_dir))
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
     assert len(history) == 2
     for item, row in zip(history, rows, strict=True):
         for key, value in row.items():
             assert item[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+    wandb_summary = {}
+    for record in records:
+        if record["type"] == "summary":
+            wandb_summary.update(record["summary"].get("update", {}))
+    for key, value in before.items():
+        assert wandb_summary[f"initial/{key}"] == pytest.approx(value, rel=1e-12, abs=1e-12), key
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf, open_dict
 from dualadam.reporting.aggregate import build_study_table
 from dualadam.reporting.local_runs import read_local_run
 from dualadam.reporting.readme_blocks import read_block
+from dualadam.reporting.render import optimizer_name
 from dualadam.reporting.report import load_study, study_markdown
 from dualadam.reporting.results_csv import read_rows
 from dualadam.reporting.wandb_runs import fetch_wandb_runs, record_from_wandb_run
@@ -175,10 +176,11 @@ def run_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs")
     command = [sys.executable, "-m", "dualadam.train", "-m", f"experiment={FIXTURE_STUDY}",
                f"optimizer={','.join(FIXTURE_OPTIMIZERS)}", "optimizer.lr=0.01", *FAST_OVERRIDES, *TINY_RUNS,
-               *SHARPNESS, f"hydra.sweep.dir={root / 'sweep'}"]
+               *SHARPNESS, "trainer.eval_before_training=true", f"hydra.sweep.dir={root / 'sweep'}"]
     result = subprocess.run(command, cwd=root, env=quiet_env(root), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    base = [*FAST_OVERRIDES, "model.kwargs.width=4", "trainer.epochs=2", f"experiment={FIXTURE_STUDY}", "seed=0"]
+    base = [*FAST_OVERRIDES, "model.kwargs.width=4", "trainer.epochs=2", f"experiment={FIXTURE_STUDY}", "seed=0",
+            "trainer.eval_before_training=true"]
     diverging = compose_train_config([*base, *TINY_RUNS, "optimizer=dualadam", "optimizer.lr=1e6"], fast=False)
     save_config_and_train(diverging, root / "diverged")
     missing = compose_train_config([*base, "optimizer=adam", "dataset=cifar10", f"dataset.root={root / 'none'}",
@@ -244,6 +246,7 @@ class WandbRunStandIn:
         self.id, self.group, self.state, self.commit = "abc123", cfg.logger.group, "finished", "f" * 40
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.summary_metrics = {**summary["final"], **{f"best/{k}": v for k, v in summary["best"].items()},
+                                **{f"initial/{k}": v for k, v in (summary["initial"] or {}).items()},
                                 "status": summary["status"], "_runtime": 1.0}
         self.history = [{**row, "_step": row[EPOCH]} for row in read_metrics(run_dir)]
 
@@ -252,13 +255,15 @@ class WandbRunStandIn:
 
 
 def test_a_wandb_run_becomes_the_same_record_as_its_run_directory(tmp_path, isolated_wandb):
-    cfg = compose_train_config([*FAST_OVERRIDES, *TINY_RUNS, f"experiment={FIXTURE_STUDY}", "optimizer=adam_matched_warmup"],
-                               fast=False)
+    cfg = compose_train_config([*FAST_OVERRIDES, *TINY_RUNS, f"experiment={FIXTURE_STUDY}", "optimizer=adam_matched_warmup",
+                                "trainer.eval_before_training=true"], fast=False)
     save_config_and_train(cfg, tmp_path / "run")
     local = read_local_run(tmp_path / "run", "run")
+    assert set(local.initial) >= {TEST_ACC, "test/loss", "train_eval/acc", "train_eval/loss"}
     remote = record_from_wandb_run(WandbRunStandIn(cfg, tmp_path / "run"), "entity/dualadam")
     assert remote.run == "wandb:entity/dualadam/abc123" and remote.source == "wandb"
-    for field in ("study", "optimizer", "lr", "seed", "status", "epochs", "config_hash", "setting", "best"):
+    for field in ("study", "optimizer", "lr", "seed", "status", "epochs", "config_hash", "setting", "best",
+                  "initial"):
         assert getattr(remote, field) == getattr(local, field), field
     assert remote.optimizer == "adam_matched_warmup", "the control is recognised without Hydra's choices"
     assert remote.final == local.final
@@ -304,6 +309,12 @@ def test_means_and_sample_stds_match_a_hand_computation(tables, run_root):
         assert len(runs) == 3 and len(group.averaged) == 3
         summaries = [json.loads((run_root / run.split("/", 1)[1] / "summary.json").read_text()) for run in runs]
         assert [s["final"][TEST_ACC] for s in summaries] == [row[TEST_ACC] for row in last]
+        before = [s["initial"][TEST_ACC] for s in summaries]   # the untrained models' accuracy, per seed
+        assert group.stats[f"initial/{TEST_ACC}"].mean == pytest.approx(sum(before) / 3, abs=1e-12)
+        stat = group.stats[f"initial/{TEST_ACC}"]
+        row_text = next(line for line in table_md.splitlines()
+                        if line.startswith(f"| {optimizer_name(optimizer)} |") and "| 3 |" in line)
+        assert f"| 3 | {stat.mean:.2f} ± {stat.std:.2f} |" in row_text   # the first column after n
         for metric in (TEST_ACC, GAP_ACC, "sharpness/hessian_trace"):
             a, b, c = (summary["final"][metric] for summary in summaries)
             mean = (a + b + c) / 3
@@ -324,7 +335,7 @@ def test_failed_and_diverged_runs_are_listed_and_counted_not_averaged(tables):
     # optimizer's best setting gets a table of its own.
     assert "| optimizer | lr | dataset.name | n |" in table_md
     assert "Each optimizer at its best lr, dataset.name" in table_md
-    assert "| DualAdam | 1e+06 | synthetic | 0 | – | – | – | – | – | – | 1 (1 diverged) |" in table_md
+    assert "| DualAdam | 1e+06 | synthetic | 0 | – | – | – | – | – | – | – | 1 (1 diverged) |" in table_md
     # The runs measured their sharpness (analysis.*, which does not split groups): its columns are shown.
     assert "| final gap (pp) | top Hessian eigenvalue | Hessian trace | not averaged |" in table_md
     tex = (tables / "results" / FIXTURE_STUDY / "table.tex").read_text()

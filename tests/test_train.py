@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -171,6 +172,24 @@ def test_module_entrypoint_rejects_a_bad_override_naming_the_key(tmp_path, isola
     assert result.returncode != 0
     assert "optimizer.lr=-1" in result.stderr and "learning rate > 0" in result.stderr
     assert not (tmp_path / "bad" / SUMMARY_FILE).exists()
+
+
+def test_entrypoint_reads_the_configs_dualadam_config_dir_names(tmp_path):
+    """A regular (non-editable) install has no configs/ beside the package: DUALADAM_CONFIG_DIR names them."""
+    configs = tmp_path / "my-configs"
+    shutil.copytree(CONFIG_DIR, configs)
+    trainer_cfg = configs / "trainer" / "default.yaml"
+    trainer_cfg.write_text(trainer_cfg.read_text().replace("epochs: 200", "epochs: 7"))
+    command = [sys.executable, "-m", "dualadam.train", "--cfg", "job"]
+    shown = subprocess.run(command, cwd=tmp_path, env={**os.environ, "DUALADAM_CONFIG_DIR": str(configs)},
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert OmegaConf.create(shown.stdout).trainer.epochs == 7
+
+    missing = subprocess.run(command, cwd=tmp_path, env={**os.environ, "DUALADAM_CONFIG_DIR": str(tmp_path)},
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0
+    assert "No training configs (train.yaml)" in missing.stderr and "DUALADAM_CONFIG_DIR" in missing.stderr
 
 
 def test_real_cifar10_subset_learns(make_cfg, cifar10_subset_root):

@@ -30,10 +30,13 @@ class Column:
     header: str
     number_format: str        # format spec for mean and std
     latex_header: str
-    optional: bool = False    # shown only when some run has it (sharpness needs analysis.sharpness=true)
+    optional: bool = False    # shown only when some run has it (sharpness needs analysis.sharpness=true,
+                              # the before-training column trainer.eval_before_training=true)
 
 
 TABLE_COLUMNS = (
+    # A pretrained model's accuracy before fine-tuning (trainer.eval_before_training): what training added.
+    Column(f"initial/{TEST_ACC}", "test acc before training (%)", ".2f", r"Test acc.\ before (\%)", True),
     Column(f"final/{TEST_ACC}", "final test acc (%)", ".2f", r"Final test acc.\ (\%)"),
     Column(f"best/{TEST_ACC}", "best test acc (%)", ".2f", r"Best test acc.\ (\%)"),
     Column(f"final/{TRAIN_EVAL_ACC}", "final train-eval acc (%)", ".2f", r"Final train-eval acc.\ (\%)"),

@@ -75,6 +75,7 @@ def run_row(record: RunRecord) -> dict[str, str]:
     }
     row.update({f"final/{k}": v for k, v in record.final.items() if k != EPOCH})
     row.update({f"best/{k}": v for k, v in record.best.items()})
+    row.update({f"initial/{k}": v for k, v in record.initial.items()})
     return {k: format_value(v) for k, v in row.items()}
 
 
@@ -116,9 +117,10 @@ def write_csv(path: Path, rows: list[dict[str, str]], order, id_columns: tuple[s
     keys = {k for row in rows for k in row} - set(id_columns) - set(tail_columns)
     final = {k.removeprefix("final/") for k in keys if k.startswith("final/")}
     best = {k.removeprefix("best/") for k in keys if k.startswith("best/")}
-    other = {k for k in keys if not k.startswith(("final/", "best/"))}
+    initial = {k.removeprefix("initial/") for k in keys if k.startswith("initial/")}
+    other = {k for k in keys if not k.startswith(("final/", "best/", "initial/"))}
     columns = [*id_columns, *metric_columns("final/", final), *metric_columns("best/", best),
-               *metric_columns("", other), *tail_columns]
+               *metric_columns("initial/", initial), *metric_columns("", other), *tail_columns]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n", restval="")

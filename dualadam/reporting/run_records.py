@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from dualadam.training.metrics import EPOCH, TEST_LOSS, TRAIN_EVAL_LOSS, TRAIN_LOSS
+from dualadam.training.optimizers import optimizer_label as label_of_optimizer_config
 from dualadam.training.outputs import IDENTITY_EXCLUDED_KEYS
 
 COMPLETED, DIVERGED, FAILED, INTERRUPTED, INCOMPLETE = "completed", "diverged", "failed", "interrupted", "incomplete"
@@ -28,7 +29,7 @@ DIVERGENCE_LOSSES = (TRAIN_LOSS, TRAIN_EVAL_LOSS, TEST_LOSS)
 
 @dataclass
 class RunRecord:
-    """A run's identity, outcome and curves. ``final``/``best`` are metric rows keyed by the names in
+    """A run's identity, outcome and curves. ``final``/``best`` are metric rows (``initial`` the evaluation before training, if the run made one) keyed by the names in
     ``dualadam/training/metrics.py`` (plus any final measurements such as ``sharpness/*``); accuracies in
     percent. ``setting`` is the flattened config without ``NON_SETTING_KEYS``."""
 
@@ -44,6 +45,7 @@ class RunRecord:
     monitor: str | None = None
     final: dict[str, float | None] = field(default_factory=dict)
     best: dict[str, float | None] = field(default_factory=dict)
+    initial: dict[str, float | None] = field(default_factory=dict)  # before training (trainer.eval_before_training)
     config_hash: str | None = None
     commit: str | None = None
     dirty: bool | None = None
@@ -77,9 +79,7 @@ def optimizer_label(config: dict, hydra_choice: str | None = None) -> str:
     ``adam_matched_warmup`` is recognised by the key only it has."""
     if hydra_choice:
         return str(hydra_choice)
-    optimizer = config.get("optimizer") or {}
-    name = str(optimizer.get("name", "unknown"))
-    return f"{name}_matched_warmup" if "matched_switch_rate" in optimizer else name
+    return label_of_optimizer_config(config.get("optimizer") or {})
 
 
 def is_finite_number(value) -> bool:

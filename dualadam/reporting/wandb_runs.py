@@ -43,8 +43,10 @@ def record_from_wandb_run(run, project_path: str) -> RunRecord | None:
                                     for row in run.scan_history() if row.get(EPOCH) is not None])
     # Numbers only (NaN included: a diverged run's loss); the summary also holds strings and W&B's own dicts.
     metrics = {k: v for k, v in summary.items() if v is None or (isinstance(v, int | float) and not isinstance(v, bool))}
-    final = {k: v for k, v in metrics.items() if not k.startswith(("_", "best/")) and k not in NOT_METRICS}
+    final = {k: v for k, v in metrics.items()
+             if not k.startswith(("_", "best/", "initial/")) and k not in NOT_METRICS}
     best = {k.removeprefix("best/"): v for k, v in metrics.items() if k.startswith("best/")}
+    initial = {k.removeprefix("initial/"): v for k, v in metrics.items() if k.startswith("initial/")}
     # The trainer writes its own status into the W&B summary; W&B's run state is the fallback.
     reported = summary.get("status") or WANDB_STATES.get(run.state, INCOMPLETE)
     return RunRecord(
@@ -52,7 +54,7 @@ def record_from_wandb_run(run, project_path: str) -> RunRecord | None:
         seed=config.get("seed"), status=outcome(reported, final),
         run=f"wandb:{project_path}/{run.id}", source="wandb", epochs_completed=len(epoch_rows),
         epochs=(config.get("trainer") or {}).get("epochs"), monitor=(config.get("trainer") or {}).get("monitor"),
-        final=final, best=best,
+        final=final, best=best, initial=initial,
         # Recomputed from the logged (resolved) config; equal to summary.json's for the same config.
         config_hash=config_hash(OmegaConf.create(config)), commit=getattr(run, "commit", None),
         wandb_run_id=run.id, setting=setting_of(config), epoch_rows=epoch_rows,

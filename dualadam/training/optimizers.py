@@ -71,6 +71,14 @@ def build_optimizer(optimizer_cfg: DictConfig, model: torch.nn.Module,
     )
 
 
+def optimizer_label(optimizer_cfg) -> str:
+    """What run folders and tables call the optimizer a config describes: its ``name``, or
+    ``<name>_matched_warmup`` for the warmup control (the config that has ``matched_switch_rate``), which is
+    Adam underneath but must never be mistaken for plain Adam."""
+    name = str(optimizer_cfg.get("name", "unknown"))
+    return f"{name}_matched_warmup" if optimizer_cfg.get("matched_switch_rate") is not None else name
+
+
 def warmup_steps(optimizer_cfg: DictConfig) -> int:
     """Linear-warmup length in optimizer steps.
 

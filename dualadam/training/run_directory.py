@@ -27,6 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dualadam.training.checkpoint import CorruptCheckpointError, load_checkpoint
+from dualadam.training.optimizers import optimizer_label
 from dualadam.training.outputs import (
     ERROR_FILE,
     METRICS_FILE,
@@ -42,12 +43,15 @@ CHECKPOINT_FILE = "last.pt"
 LOCK_FILE = ".lock"
 FINISHED = ("completed", "diverged")   # rerunning these would only repeat them
 NAME_HASH_CHARS = 10
-NAME_KEYS = ("optimizer.name", "model.name", "dataset.name")
+NAME_KEYS = ("model.name", "dataset.name")   # after the optimizer's label
 
 
 def run_name(cfg: DictConfig) -> str:
-    """``<optimizer>-<model>-<dataset>-seed<seed>-<hash prefix>``, from whichever of those keys ``cfg`` has."""
-    parts = [OmegaConf.select(cfg, key, default=None) for key in NAME_KEYS]
+    """``<optimizer>-<model>-<dataset>-seed<seed>-<hash prefix>``, from whichever of those keys ``cfg`` has
+    (the optimizer as ``optimizer_label`` calls it: ``adam_matched_warmup``, not ``adam``)."""
+    optimizer = OmegaConf.select(cfg, "optimizer", default=None)
+    parts = [None if optimizer is None else optimizer_label(optimizer),
+             *(OmegaConf.select(cfg, key, default=None) for key in NAME_KEYS)]
     parts = [str(part) for part in parts if part is not None]
     seed = OmegaConf.select(cfg, "seed", default=None)
     if seed is not None:
