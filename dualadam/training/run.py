@@ -90,6 +90,7 @@ def summarize(cfg: DictConfig, state: TrainState, *, status: str, runtime: Runti
 
 def train(cfg: DictConfig) -> dict:
     """Train as ``cfg`` says and return the summary also written to ``<run_dir>/summary.json``."""
+    out.git_commit()   # read now and kept: the code version this process runs (see git_commit)
     validate_config(cfg)
     run_dir = Path(cfg.run_dir).resolve()
     runtime = start_process_group(placement_from_environment(), resolve_runtime(cfg.trainer))
