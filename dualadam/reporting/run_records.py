@@ -29,9 +29,10 @@ DIVERGENCE_LOSSES = (TRAIN_LOSS, TRAIN_EVAL_LOSS, TEST_LOSS)
 
 @dataclass
 class RunRecord:
-    """A run's identity, outcome and curves. ``final``/``best`` are metric rows (``initial`` the evaluation before training, if the run made one) keyed by the names in
-    ``dualadam/training/metrics.py`` (plus any final measurements such as ``sharpness/*``); accuracies in
-    percent. ``setting`` is the flattened config without ``NON_SETTING_KEYS``."""
+    """A run's identity, outcome and curves. ``final``/``best`` are metric rows keyed by the names in
+    ``dualadam/training/metrics.py`` (plus any final measurements such as ``sharpness/*``), ``initial`` the
+    evaluation before training if the run made one; accuracies in percent. ``setting`` is the flattened config
+    without ``NON_SETTING_KEYS``."""
 
     study: str
     optimizer: str          # the optimizer config chosen (``adam_matched_warmup``), not only its class name

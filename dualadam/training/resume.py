@@ -3,8 +3,9 @@
 ``last.pt`` (``checkpoint.save_checkpoint``: atomic, SHA-256-verified) is written at the end of every epoch and
 when a preemption signal stops training mid-epoch. It holds everything the next step depends on:
 
-- the model (for LoRA only the adapters: the task's ``checkpoint_state``), the optimizer (DualAdam/InvAdam keep their step count and mixing weight in their param groups),
-  the LR scheduler (its step count) and the grad scaler;
+- the model (with LoRA only the adapters: the task's ``checkpoint_state``), the optimizer (DualAdam/InvAdam
+  keep their step count and mixing weight in their param groups), the LR scheduler (its step count) and the
+  grad scaler;
 - every RNG state (python, numpy, torch CPU, CUDA) of every rank;
 - the data position: ``train_state.epochs_completed`` and, mid-epoch, ``in_epoch`` (batches trained and the
   epoch's running loss/accuracy sums, so the epoch's row comes out as if never interrupted);

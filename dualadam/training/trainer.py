@@ -91,6 +91,12 @@ def epoch_batches(loader, epoch: int, start_batch: int, steps: int) -> Iterator:
     return itertools.islice(iter(loader), start_batch, steps)
 
 
+def keyed_by_split(evaluated: dict[str, dict[str, float]], leave_out: tuple[str, ...] = ()) -> dict[str, float]:
+    """``{"test": {"acc": 50.0}}`` -> ``{"test/acc": 50.0}``: evaluation results under the metric names."""
+    return {f"{split}/{key}": value for split, result in evaluated.items()
+            for key, value in result.items() if key not in leave_out}
+
+
 @dataclass
 class TrainState:
     """The loop's own progress, beside the torch objects' state_dicts."""
@@ -185,8 +191,7 @@ class Trainer:
             M.THROUGHPUT: train.samples / train.seconds,
         }
         # Task-specific extras (e.g. the LLM task's test/perplexity) follow the contract's keys.
-        extras = {f"{split}/{key}": value for split, result in evaluated.items()
-                  for key, value in result.items() if key not in ("loss", "acc")}
+        extras = keyed_by_split(evaluated, leave_out=("loss", "acc"))
         return {**{key: row[key] for key in M.EPOCH_METRIC_KEYS}, **extras}
 
     def train_one_epoch(self, epoch: int, progress: EpochProgress | None = None) -> TrainingPass:
@@ -244,8 +249,7 @@ class Trainer:
     def evaluate_before_training(self) -> dict[str, float]:
         """The untrained (e.g. pretrained, before fine-tuning) model's metrics, keyed like a row:
         ``{"test/acc": ..., "train_eval/loss": ...}``."""
-        return {f"{split}/{key}": value for split, result in self.evaluate_splits().items()
-                for key, value in result.items()}
+        return keyed_by_split(self.evaluate_splits())
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
