@@ -63,3 +63,12 @@ def wandb_records(run_dir: Path) -> list[dict]:
     result = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(log)], capture_output=True,
                             text=True, timeout=120, check=True)
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def wandb_summary(records: list[dict]) -> dict:
+    """The run's final W&B summary: every summary update in ``wandb_records`` order, folded."""
+    summary: dict = {}
+    for record in records:
+        if record["type"] == "summary":
+            summary.update(record["summary"].get("update", {}))
+    return summary

@@ -8,13 +8,15 @@ import math
 from pathlib import Path
 
 import pytest
+from omegaconf import open_dict
 
 from dualadam.training import metrics as M
 from dualadam.training.checkpoint import load_checkpoint
 from dualadam.training.outputs import read_metrics
 from dualadam.training.run import train
 from dualadam.training.run_directory import CHECKPOINT_FILE
-from tests.runs import assert_same_run, one_thread, wandb_records  # noqa: F401  (one_thread: fixture)
+from tests.conftest import compose_train_config
+from tests.runs import assert_same_run, one_thread, wandb_records, wandb_summary  # noqa: F401  (one_thread: fixture)
 from tests.test_resume import signal_self_after_step
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -46,7 +48,6 @@ def test_llm_smoke_run_logs_every_metric_key_locally_and_to_wandb(make_cfg):
     assert rows[1]["optim/steps"] == 8
     assert 0 < rows[1][M.INVERSE_ADAM_RATE] < 1   # DualAdam mid-blend (switch_rate 8e-5)
     assert rows[1]["train/loss"] < rows[0]["train/loss"]
-
     assert rows[1]["test/loss"] < before["test/loss"]
 
     records = wandb_records(Path(cfg.run_dir))
@@ -55,31 +56,25 @@ def test_llm_smoke_run_logs_every_metric_key_locally_and_to_wandb(make_cfg):
     for item, row in zip(history, rows, strict=True):
         for key, value in row.items():
             assert item[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
-    wandb_summary = {}
-    for record in records:
-        if record["type"] == "summary":
-            wandb_summary.update(record["summary"].get("update", {}))
+    summary_in_wandb = wandb_summary(records)
     for key, value in before.items():
-        assert wandb_summary[f"initial/{key}"] == pytest.approx(value, rel=1e-12, abs=1e-12), key
-
-
-@pytest.fixture(scope="module")
-def lora_reference(tmp_path_factory, one_thread) -> Path:  # noqa: F811  (a fixture)
-    from omegaconf import open_dict
-
-    from tests.conftest import compose_train_config
-
-    cfg = compose_train_config((*LORA_RESUME, "logger.mode=disabled"), fast=False)
-    with open_dict(cfg):
-        cfg.run_dir = str(tmp_path_factory.mktemp("llm_reference"))
-    assert train(cfg)["status"] == "completed"
-    return Path(cfg.run_dir)
+        assert summary_in_wandb[f"initial/{key}"] == pytest.approx(value, rel=1e-12, abs=1e-12), key
 
 
 # LoRA with dropout (an RNG draw at every step) and DualAdam mid-blend: a resume that lost an RNG state, the
 # adapters, the optimizer's moments or its step count would show in the metrics or the weights.
 LORA_RESUME = (*SMOKE, "finetune=lora", "finetune.lora.r=4", "finetune.lora.dropout=0.1", "trainer.epochs=2",
                "switch_rate=0.1", "optimizer.lr=1e-2")
+
+
+@pytest.fixture(scope="module")
+def lora_reference(tmp_path_factory, one_thread) -> Path:  # noqa: F811  (a fixture)
+    """The uninterrupted LoRA run every stopped one must reproduce."""
+    cfg = compose_train_config((*LORA_RESUME, "logger.mode=disabled"), fast=False)
+    with open_dict(cfg):
+        cfg.run_dir = str(tmp_path_factory.mktemp("llm_reference"))
+    assert train(cfg)["status"] == "completed"
+    return Path(cfg.run_dir)
 
 
 def test_llm_run_stopped_mid_epoch_resumes_exactly_from_an_adapter_only_checkpoint(make_cfg, lora_reference,

@@ -19,7 +19,7 @@ from dualadam.training.outputs import ERROR_FILE, SUMMARY_FILE, read_metrics
 from dualadam.training.run import train
 from dualadam.training.validation import ConfigError
 from tests.conftest import CONFIG_DIR, FAST_OVERRIDES, SMALL_SYNTHETIC
-from tests.runs import wandb_records
+from tests.runs import wandb_records, wandb_summary
 
 OPTIMIZERS = sorted(path.stem for path in (CONFIG_DIR / "optimizer").glob("*.yaml"))
 
@@ -113,10 +113,7 @@ def test_wandb_offline_run_records_every_epoch_in_its_own_files(make_cfg):
     (run,) = [r["run"] for r in records if r["type"] == "run"]
     assert run["run_id"] == summary["wandb"]["run_id"]
     assert run["config"]["update"]["optimizer"]["name"] == "dualadam"
-    summaries = {}
-    for record in records:
-        if record["type"] == "summary":
-            summaries.update(record["summary"].get("update", {}))
+    summaries = wandb_summary(records)
     assert summaries[f"best/{M.TEST_ACC}"] == pytest.approx(summary["best"][M.TEST_ACC])
     (exit_record,) = [r["exit"] for r in records if r["type"] == "exit"]
     assert exit_record.get("exit_code", 0) == 0
