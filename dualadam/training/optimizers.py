@@ -14,14 +14,16 @@ import inspect
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from timm.optim import create_optimizer_v2, get_optimizer_info, list_optimizers
 
-import dualadam  # noqa: F401  -- registers dualadam and invadam with timm
+from dualadam.integrations.timm import register_with_timm
+
+# timm.optim with dualadam and invadam registered, imported without raising dynamo's recompile limit.
+timm_optim = register_with_timm()
 
 
 def optimizer_names() -> list[str]:
     """Every name ``optimizer.name`` accepts: timm's registry, which includes dualadam and invadam."""
-    return list_optimizers()
+    return timm_optim.list_optimizers()
 
 
 def _as_python(value):
@@ -35,7 +37,7 @@ def _as_python(value):
 
 def has_fused_path(name: str) -> bool:
     """Whether the optimizer class registered as ``name`` takes ``fused=`` (torch's Adam/AdamW/SGD, DualAdam)."""
-    opt_class = get_optimizer_info(name).opt_class
+    opt_class = timm_optim.get_optimizer_info(name).opt_class
     return not isinstance(opt_class, str) and "fused" in inspect.signature(opt_class).parameters
 
 
@@ -61,7 +63,7 @@ def build_optimizer(optimizer_cfg: DictConfig, model: torch.nn.Module,
     kwargs = _as_python(OmegaConf.to_container(kwargs_cfg, resolve=True)) if kwargs_cfg is not None else {}
     device = next(model.parameters()).device
     kwargs = {**fused_kwargs(optimizer_cfg.name, fused, device), **kwargs}
-    return create_optimizer_v2(
+    return timm_optim.create_optimizer_v2(
         model,
         opt=optimizer_cfg.name,
         lr=float(optimizer_cfg.lr),
