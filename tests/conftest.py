@@ -78,10 +78,11 @@ def isolated_wandb(tmp_path, monkeypatch):
 
 def extract_cifar10_subset(destination: Path, train_per_class: int, test_per_class: int) -> Path:
     """Unpack the first ``train_per_class``/``test_per_class`` images of each class (files ``NNNN.jpg``) of
-    the real CIFAR-10 copy in ``../shared`` into ``destination/cifar10/``; returns ``destination``."""
-    if not CIFAR10_TARBALL.is_file():
-        pytest.fail(f"The real CIFAR-10 copy is missing: expected {CIFAR10_TARBALL} (../shared/data beside the "
-                    "repository, see ../shared/data/README.md)")
+    the real CIFAR-10 copy in ``../shared`` into ``destination/cifar10/``; returns ``destination``. Skips the
+    test when that copy is absent."""
+    if not CIFAR10_TARBALL.is_file():  # a plain clone: the tests that need the real images skip, not fail
+        pytest.skip(f"needs the real CIFAR-10 copy at {CIFAR10_TARBALL} (../shared/data beside the repository, "
+                    "see ../shared/data/README.md)")
     limits = {"train": train_per_class, "test": test_per_class}
     with tarfile.open(CIFAR10_TARBALL) as tar:
         for member in tar:

@@ -400,9 +400,9 @@ PER_CLASS = 100
 def real_cifar10(tmp_path_factory):
     """The first 100 images per class and split of the shared CIFAR-10 tarball, unpacked once per session;
     returns (data root, image counts per (split, class) in the whole archive)."""
-    if not SHARED_CIFAR10.is_file():
-        pytest.fail(f"The real CIFAR-10 copy is missing: expected {SHARED_CIFAR10} (../shared/data beside the "
-                    "repository, see ../shared/data/README.md)")
+    if not SHARED_CIFAR10.is_file():  # a plain clone: these tests skip, not fail
+        pytest.skip(f"needs the real CIFAR-10 copy at {SHARED_CIFAR10} (../shared/data beside the repository, "
+                    "see ../shared/data/README.md)")
     root = tmp_path_factory.mktemp("data")
     counts = unpack_image_folder_tarball(SHARED_CIFAR10, root / "cifar10", PER_CLASS, SHARED_CIFAR10_SHA256)
     return root, counts

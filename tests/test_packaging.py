@@ -102,19 +102,22 @@ def build_wheel(tmp_path: Path) -> Path:
 
 
 def torch_closure() -> dict[str, metadata.Distribution]:
-    """torch's distribution and every distribution its requirements need on this machine, by canonical name."""
+    """torch's distribution and every distribution its requirements need on this machine (extras that a
+    requirement asks for included, e.g. ``cuda-toolkit[cublas]``), by canonical name."""
     environment = default_environment()
     found: dict[str, metadata.Distribution] = {}
-    pending = ["torch"]
+    done: set[tuple[str, str]] = set()
+    pending = [("torch", "")]
     while pending:
-        name = pending.pop().lower().replace("_", "-")
-        if name in found:
+        name, extra = pending.pop()
+        name = name.lower().replace("_", "-")
+        if (name, extra) in done:
             continue
-        found[name] = dist = metadata.distribution(name)
-        for line in dist.requires or ():
-            requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({**environment, "extra": ""}):
-                pending.append(requirement.name)
+        done.add((name, extra))
+        found[name] = dist = found.get(name) or metadata.distribution(name)
+        for requirement in map(Requirement, dist.requires or ()):
+            if requirement.marker is None or requirement.marker.evaluate({**environment, "extra": extra}):
+                pending += [(requirement.name, e) for e in ("", *requirement.extras)]
     return found
 
 
