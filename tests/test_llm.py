@@ -326,12 +326,11 @@ def test_tiny_llama_trains_through_the_shared_trainer(llm_extra):
 
 
 def test_lora_updates_only_the_adapters(llm_extra):
-    from timm.optim import create_optimizer_v2
-
-    import dualadam  # noqa: F401  -- registers dualadam with timm
+    import dualadam
     from dualadam.llm.finetuning import trainable_parameters
     from dualadam.llm.task import LLMFineTuning
 
+    create_optimizer_v2 = dualadam.register_with_timm().create_optimizer_v2
     torch.manual_seed(0)
     task = LLMFineTuning(llm_cfg(finetune={"method": "lora"}), cpu_runtime())
     model = task.model

@@ -294,22 +294,6 @@ def test_sparse_gradients_raise_a_clear_error():
         opt.step()
 
 
-def test_timm_registry_builds_ours_with_timms_param_group_policy():
-    import timm
-    from timm.optim import create_optimizer_v2, list_optimizers
-
-    assert {"dualadam", "invadam"} <= set(list_optimizers())
-    model = timm.create_model("resnet18", num_classes=10)
-    opt = create_optimizer_v2(model, "dualadam", lr=1e-2, weight_decay=0.05, switch_rate=1e-3)
-    assert isinstance(opt, DualAdam)
-    by_decay = {g["weight_decay"]: g for g in opt.param_groups}
-    assert set(by_decay) == {0.0, 0.05}, "timm puts biases and norm weights in a no-decay group"
-    assert all(p.ndim <= 1 for p in by_decay[0.0]["params"])
-    assert all(g["switch_rate"] == 1e-3 and g["lr"] == 1e-2 for g in opt.param_groups)
-    inv = create_optimizer_v2(model, "invadam", lr=1e-3)
-    assert isinstance(inv, InvAdam) and inv.param_groups[0]["inverse_adam_rate"] == 1.0
-
-
 def test_old_checkpoint_without_step_defaults_sensibly():
     p = torch.zeros(2, requires_grad=True)
     opt = DualAdam([p], lr=1e-3, switch_rate=0.1)
