@@ -69,20 +69,23 @@ print(json.dumps({{"loaded": loaded, "limit": [limit, torch._dynamo.config.cache
     assert out["limit"][0] == out["limit"][1]
 
 
-def test_register_with_timm_keeps_dynamos_recompile_limit(tmp_path):
-    """Importing timm.optim raises it to 1e6 (timm's kron.py); our one-liner puts the user's value back."""
+def test_timm_registration_by_the_suite_and_the_one_liner_keeps_dynamos_recompile_limit(tmp_path):
+    """Importing timm.optim raises it to 1e6 (timm's kron.py); the suite's optimizer factory and
+    ``register_with_timm()`` both put the user's value back."""
     pytest.importorskip("timm")
+    pytest.importorskip("hydra")
     code = """
 import json, torch
 torch._dynamo.config.cache_size_limit = 13
+from dualadam.training.optimizers import optimizer_names
+suite = {"limit": torch._dynamo.config.cache_size_limit, "registered": "dualadam" in optimizer_names()}
 import dualadam
 timm_optim = dualadam.register_with_timm()
-model = torch.nn.Linear(3, 2)
-opt = timm_optim.create_optimizer_v2(model, "dualadam", lr=1e-2)
-print(json.dumps({"limit": torch._dynamo.config.cache_size_limit, "cls": type(opt).__name__}))
+opt = timm_optim.create_optimizer_v2(torch.nn.Linear(3, 2), "dualadam", lr=1e-2)
+print(json.dumps({"suite": suite, "limit": torch._dynamo.config.cache_size_limit, "cls": type(opt).__name__}))
 """
     out = json.loads(run_python(sys.executable, code, tmp_path, {**os.environ, "PYTHONPATH": str(REPO)}))
-    assert out == {"limit": 13, "cls": "DualAdam"}
+    assert out == {"suite": {"limit": 13, "registered": True}, "limit": 13, "cls": "DualAdam"}
 
 
 # --- the wheel -----------------------------------------------------------------------------------------------
