@@ -57,16 +57,25 @@ def run_python(python, code: str, cwd: Path, env=None) -> str:
 def test_import_dualadam_loads_no_suite_library_and_keeps_torch_settings(tmp_path):
     code = f"""
 import json, sys, torch
-limit = torch._dynamo.config.cache_size_limit
+
+def settings():
+    return {{"dynamo": torch._dynamo.config.get_config_copy(), "inductor": torch._inductor.config.get_config_copy(),
+            "dtype": torch.get_default_dtype(), "threads": torch.get_num_threads(),
+            "matmul": torch.get_float32_matmul_precision(),
+            "deterministic": torch.are_deterministic_algorithms_enabled()}}
+
+before = settings()
 import dualadam
+after = settings()
+changed = sorted(k for k in before if before[k] != after[k])
+changed += sorted(f"{{k}}.{{n}}" for k in ("dynamo", "inductor") for n in before[k] if before[k][n] != after[k][n])
 loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set({list(SUITE_MODULES)!r}))
-print(json.dumps({{"loaded": loaded, "limit": [limit, torch._dynamo.config.cache_size_limit],
-                   "file": dualadam.__file__}}))
+print(json.dumps({{"loaded": loaded, "changed": changed, "file": dualadam.__file__}}))
 """
     out = json.loads(run_python(sys.executable, code, tmp_path, {**os.environ, "PYTHONPATH": str(REPO)}))
     assert Path(out["file"]).is_relative_to(REPO)
     assert out["loaded"] == []
-    assert out["limit"][0] == out["limit"][1]
+    assert out["changed"] == []
 
 
 def test_timm_registration_by_the_suite_and_the_one_liner_keeps_dynamos_recompile_limit(tmp_path):
