@@ -33,11 +33,11 @@ def tiny_model(dtype=torch.float32) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).to(dtype)
 
 
-def plain_loop(model: torch.nn.Module, steps: int = STEPS) -> torch.nn.Module:
+def plain_loop(model: torch.nn.Module, **hyper_overrides) -> torch.nn.Module:
     """The reference: DualAdam in a hand-written loop on the full batch, mean squared error."""
     x, y = data(next(model.parameters()).dtype)
-    opt = DualAdam(model.parameters(), **HYPER)
-    for _ in range(steps):
+    opt = DualAdam(model.parameters(), **{**HYPER, **hyper_overrides})
+    for _ in range(STEPS):
         opt.zero_grad()
         torch.nn.functional.mse_loss(model(x).squeeze(-1), y).backward()
         opt.step()
@@ -49,10 +49,10 @@ def assert_same_parameters(model, reference, rtol=1e-5, atol=1e-7):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=rtol, atol=atol, msg=name)
 
 
-def assert_stepped_dualadam(opt: torch.optim.Optimizer, steps: int = STEPS):
+def assert_dualadam_past_the_hand_over(opt: torch.optim.Optimizer):
+    """The framework stepped our optimizer; the parameter comparison with the plain loop pins the step count."""
     assert isinstance(opt, DualAdam)
-    assert opt.param_groups[0]["step"] == steps
-    assert opt.param_groups[0]["inverse_adam_rate"] == 0.0, "the run went past the hand-over"
+    assert opt.param_groups[0]["inverse_adam_rate"] == 0.0
 
 
 # --- HF Trainer -------------------------------------------------------------------------------------------------
@@ -83,14 +83,8 @@ def test_hf_trainer_trains_with_dualadam_from_optimizer_cls_and_kwargs(tmp_path)
                                    optimizer_cls_and_kwargs=(DualAdam, {**HYPER, "weight_decay": 0.0}))
     trainer.train()
 
-    assert_stepped_dualadam(getattr(trainer.optimizer, "optimizer", trainer.optimizer))
-    reference = tiny_model()
-    opt = DualAdam(reference.parameters(), lr=HYPER["lr"], switch_rate=HYPER["switch_rate"])
-    for _ in range(STEPS):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(reference(x).squeeze(-1), y).backward()
-        opt.step()
-    assert_same_parameters(model.net, reference)
+    assert_dualadam_past_the_hand_over(getattr(trainer.optimizer, "optimizer", trainer.optimizer))
+    assert_same_parameters(model.net, plain_loop(tiny_model(), weight_decay=0.0))
 
 
 # --- Lightning --------------------------------------------------------------------------------------------------
@@ -116,7 +110,7 @@ def test_lightning_configure_optimizers_returns_dualadam():
                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, loader)
 
-    assert_stepped_dualadam(trainer.optimizers[0])
+    assert_dualadam_past_the_hand_over(trainer.optimizers[0])
     assert_same_parameters(module.net, plain_loop(tiny_model()))
 
 
@@ -168,7 +162,7 @@ def test_zero_redundancy_optimizer_on_two_gloo_ranks_equals_unsharded_dualadam(t
     n_params = len(list(reference.parameters()))
     assert 0 < result["local_state"] < n_params, "each rank holds only its shard of the moments"
     assert len(result["state_dict"]["state"]) == n_params, "consolidate_state_dict gathers every shard"
-    assert result["group"]["step"] == STEPS and result["group"]["inverse_adam_rate"] == 0.0
+    assert result["group"]["inverse_adam_rate"] == 0.0
 
 
 # --- timm --------------------------------------------------------------------------------------------------------
@@ -190,7 +184,8 @@ def test_timm_factory_builds_dualadam_after_the_one_liner_with_timms_param_group
 
 
 def test_timm_built_dualadam_trains_as_the_plain_loop():
-    timm_optim = pytest.importorskip("timm.optim") and dualadam.register_with_timm()
+    pytest.importorskip("timm")
+    timm_optim = dualadam.register_with_timm()
     model = tiny_model()
     opt = timm_optim.create_optimizer_v2(model, "dualadam", filter_bias_and_bn=False, **HYPER)
     x, y = data()
@@ -198,5 +193,5 @@ def test_timm_built_dualadam_trains_as_the_plain_loop():
         opt.zero_grad()
         torch.nn.functional.mse_loss(model(x).squeeze(-1), y).backward()
         opt.step()
-    assert_stepped_dualadam(opt)
+    assert_dualadam_past_the_hand_over(opt)
     assert_same_parameters(model, plain_loop(tiny_model()), rtol=0, atol=0)
