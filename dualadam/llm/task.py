@@ -65,10 +65,9 @@ class LLMFineTuning:
                                                  rank=runtime.rank, world_size=runtime.world_size)
         train_eval = train_eval_subset(train_encoded, int(data.train_eval_size), int(data.get("data_seed", 0)))
         eval_batch_size = int(cfg.trainer.eval_batch_size)
-        self.eval_loaders = {"train_eval": evaluation_batches(train_eval, eval_batch_size, pad_id),
-                             "test": evaluation_batches(test_encoded, eval_batch_size, pad_id)}
-        if splits.val is not None:
-            self.eval_loaders["val"] = evaluation_batches(encoded(splits.val, "val"), eval_batch_size, pad_id)
+        val = {} if splits.val is None else {"val": encoded(splits.val, "val")}
+        self.eval_loaders = {split: evaluation_batches(examples, eval_batch_size, pad_id) for split, examples
+                             in {"train_eval": train_eval, **val, "test": test_encoded}.items()}
         self.max_new_tokens = int(data.max_new_tokens)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
