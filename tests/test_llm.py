@@ -168,7 +168,9 @@ def test_jsonl_files_in_both_record_formats(tmp_path):
     test_file.write_text(json.dumps({"prompt": "3+3?", "response": "The answer is 6."}) + "\n")
     cfg = {"name": "jsonl", "train_file": str(train_file), "test_file": str(test_file), "train_size": None,
            "test_size": None}
-    train, test = load_splits(cfg)
+    splits = load_splits(cfg)
+    assert splits.val is None
+    train, test = splits.train, splits.test
     assert train == [Example("2+2?", "The answer is 4.", "4"), Example("Name a colour.", "Blue."),
                      Example("Translate.\n\nchat", "cat")]
     assert test == [Example("3+3?", "The answer is 6.")]
@@ -186,7 +188,8 @@ def test_jsonl_errors_name_the_file_and_the_format(tmp_path):
 def test_single_jsonl_file_is_split_by_prompt_hash(tmp_path):
     path = tmp_path / "all.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"r{i}"}) + "\n" for i in range(200)))
-    train, test = load_splits({"name": "jsonl", "train_file": str(path), "test_fraction": 0.25})
+    splits = load_splits({"name": "jsonl", "train_file": str(path), "test_fraction": 0.25})
+    train, test = splits.train, splits.test
     assert len(train) + len(test) == 200 and 25 < len(test) < 75
     assert not {e.prompt for e in train} & {e.prompt for e in test}
 

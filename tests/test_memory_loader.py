@@ -347,3 +347,19 @@ def test_a_cached_real_cifar10_is_read_back_the_same(cifar10_subset_root):
     again = build(cfg)
     assert torch.equal(first.train.pixels, again.train.pixels) and torch.equal(first.test.pixels, again.test.pixels)
 
+
+
+def test_real_cifar10_validation_files_are_held_out_and_cached_as_their_own_split(cifar10_subset_root):
+    cfg = dict(name="cifar10", root=str(cifar10_subset_root), download=False, val_size=500, train_subset=1000,
+               test_subset=200)
+    files = build(dict(cfg, loader="dataloader", preload=False), 100)   # sources keep their file paths
+    paths = {name: set(loader.dataset.source.paths) for name, loader in
+             (("train", files.train.loader), ("train_eval", files.train_eval), ("val", files.val),
+              ("test", files.test))}
+    assert len(paths["val"]) == 500 and len(paths["train"]) == 1000 and paths["train_eval"] <= paths["train"]
+    assert not paths["val"] & (paths["train"] | paths["test"])
+    assert np.bincount(files.val.dataset.source.labels).tolist() == [50] * 10
+    memory = build(dict(cfg, loader="memory"), 100)                     # the same images, through the cache
+    for (x, y), (u, v) in zip(memory.val, files.val, strict=True):
+        assert torch.equal(y, v) and torch.allclose(x, u, atol=1e-5, rtol=0)
+    assert any(path.name.startswith("val-") for path in cache_files(cifar10_subset_root, "cifar10"))

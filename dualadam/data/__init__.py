@@ -1,7 +1,8 @@
 """Datasets and loaders: CIFAR-10/100, Tiny-ImageNet, ImageNet and a synthetic task, behind one builder.
 
-``build_image_data(cfg.dataset, ...)`` returns an ``ImageData``: the dataset's ``DatasetInfo`` and three
-loaders yielding (normalized float images [B, C, S, S], int64 labels [B]).
+``build_image_data(cfg.dataset, ...)`` returns an ``ImageData``: the dataset's ``DatasetInfo`` and the train,
+train-eval, test and (with ``dataset.val_size``) validation loaders, yielding (normalized float images
+[B, C, S, S], int64 labels [B]).
 """
 
 from dualadam.data.builder import DATASET_NAMES, DATASETS, ImageData, build_image_data

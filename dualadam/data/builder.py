@@ -1,4 +1,18 @@
-"""``build_image_data``: a dataset config in, the train / train-eval / test loaders and the dataset's facts out."""
+"""``build_image_data``: a dataset config in, the train / train-eval / validation / test loaders and the
+dataset's facts out.
+
+Which training images a run holds, in this order (all fixed by ``dataset.data_seed``, none by the training
+seed, so every seed and optimizer sees the same images):
+
+1. ``dataset.val_size`` (absent or null: no validation split): a class-balanced validation split is taken
+   from the *whole* training set and never trained on. It is drawn first, so it does not change with
+   ``train_subset``: studies of different sizes are tuned on the same images.
+2. ``dataset.train_subset``: a class-balanced subset of the remaining training images; the run trains on it.
+3. ``train_eval``: a fixed subset of the images the run trains on (``_train_eval_indices``).
+
+So "5,000 validation images from CIFAR-10's 50,000, training on 12,000 of the other 45,000" is
+``dataset.val_size=5000 dataset.train_subset=12000``.
+"""
 
 from __future__ import annotations
 
@@ -75,6 +89,7 @@ class ImageData:
     train: EpochLoader
     train_eval: DataLoader | DeviceEvalLoader  # len() is the number of batches; iterable repeatedly, same order
     test: DataLoader | DeviceEvalLoader
+    val: DataLoader | DeviceEvalLoader | None = None  # held-out training images (dataset.val_size), else None
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -113,34 +128,56 @@ def _train_eval_indices(cfg: DictConfig, train_size: int, test_size: int) -> np.
     return np.sort(generator.permutation(train_size)[: min(size, train_size)])
 
 
-def _sources(cfg: DictConfig, spec: DatasetSpec) -> tuple[ImageSource, ImageSource]:
+def validation_indices(cfg: DictConfig, labels: np.ndarray) -> np.ndarray | None:
+    """Indices (sorted) of the validation split among all training images ``labels``, or None without one.
+
+    Class-balanced and drawn with its own stream of ``data_seed`` (not the one ``train_subset`` uses)."""
+    size = _optional_positive(cfg, "val_size")
+    if size is None:
+        return None
+    needed = _optional_positive(cfg, "train_subset") or 1
+    if size + needed > len(labels):
+        raise ValueError(f"dataset.val_size={size} leaves {len(labels) - size} of the {len(labels)} training "
+                         f"images to train on, but at least {needed} are needed (dataset.train_subset); lower "
+                         "dataset.val_size or dataset.train_subset")
+    return balanced_subset(labels, size, mix_seed(cfg.get("data_seed", 0), 2))
+
+
+def _sources(cfg: DictConfig, spec: DatasetSpec) -> dict[str, ImageSource]:
+    """``{"train", "test"}`` and, with ``dataset.val_size``, ``"val"`` (the module docstring gives the order)."""
     train, test = spec.load(cfg)
     data_seed = cfg.get("data_seed", 0)
-    train = train.subset(balanced_subset(train.labels, _optional_positive(cfg, "train_subset"), data_seed))
-    test = test.subset(balanced_subset(test.labels, _optional_positive(cfg, "test_subset"), data_seed))
-    return train, test
+    held_out = validation_indices(cfg, train.labels)
+    sources = {}
+    if held_out is not None:
+        sources["val"] = train.subset(held_out)
+        train = train.subset(np.setdiff1d(np.arange(len(train)), held_out))
+    sources["train"] = train.subset(balanced_subset(train.labels, _optional_positive(cfg, "train_subset"),
+                                                    data_seed))
+    sources["test"] = test.subset(balanced_subset(test.labels, _optional_positive(cfg, "test_subset"), data_seed))
+    return sources
 
 
-def _loader_kind(cfg: DictConfig, spec: DatasetSpec, sources: tuple[ImageSource, ImageSource]) -> str:
+def _loader_kind(cfg: DictConfig, spec: DatasetSpec, sources: dict[str, ImageSource]) -> str:
     """``dataset.loader`` resolved to "memory" or "dataloader" (``dualadam.data.memory`` says how). A config
     without the key keeps the DataLoader; every file in ``configs/dataset/`` sets ``loader: auto``."""
     augmentation = cfg.get("augmentation") or spec.augmentation
     fit_size = fit_size_for(augmentation, cfg.get("image_size") or spec.image_size)
     return resolve_loader(cfg.get("loader") or "dataloader", augmentation,
                           cfg.get("eval_resize_ratio") or spec.eval_resize_ratio,
-                          lambda: decoded_bytes(sources, fit_size),
+                          lambda: decoded_bytes(tuple(sources.values()), fit_size),
                           cfg.get("memory_budget_gb") or DEFAULT_MEMORY_BUDGET_GB)
 
 
-def _decoded(cfg: DictConfig, spec: DatasetSpec, sources: tuple[ImageSource, ImageSource],
-             kind: str) -> tuple[ImageSource, ImageSource]:
+def _decoded(cfg: DictConfig, spec: DatasetSpec, sources: dict[str, ImageSource],
+             kind: str) -> dict[str, ImageSource]:
     """The memory path decodes through the pixel cache; the DataLoader path decodes up front if preloading."""
     if kind == "memory":
         fit_size = fit_size_for(cfg.get("augmentation") or spec.augmentation,
                                 cfg.get("image_size") or spec.image_size)
-        return tuple(in_memory(s, _folder(cfg), split, fit_size) for s, split in zip(sources, ("train", "test")))
+        return {split: in_memory(s, _folder(cfg), split, fit_size) for split, s in sources.items()}
     if cfg.get("preload", spec.preload):
-        return tuple(s.decode_all() if isinstance(s, FileImages) else s for s in sources)
+        return {split: s.decode_all() if isinstance(s, FileImages) else s for split, s in sources.items()}
     return sources
 
 
@@ -166,13 +203,14 @@ def build_image_data(dataset_cfg: DictConfig | Mapping, *, batch_size: int, eval
     _check_loader_args(batch_size, eval_batch_size, num_workers)
     sources = _sources(cfg, spec)
     kind = _loader_kind(cfg, spec, sources)
-    train, test = _decoded(cfg, spec, sources, kind)
+    decoded = _decoded(cfg, spec, sources, kind)
+    train, test, val = decoded["train"], decoded["test"], decoded.get("val")
     norm = _normalization(cfg, train)
     image_size = cfg.get("image_size") or spec.image_size
     info = DatasetInfo(cfg.name, len(train.classes), image_size, int(train[0][0].shape[0]), norm.mean, norm.std)
     if kind == "memory":
         loaders = build_device_loaders(
-            train, test, _train_eval_indices(cfg, len(train), len(test)), norm,
+            train, test, val, _train_eval_indices(cfg, len(train), len(test)), norm,
             DevicePlacement(torch.device(device), dtype, memory_format),
             augmentation=cfg.get("augmentation") or spec.augmentation, padding=cfg.get("crop_padding", 4),
             image_size=image_size, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, rank=rank,
@@ -189,4 +227,5 @@ def build_image_data(dataset_cfg: DictConfig | Mapping, *, batch_size: int, eval
                                   world_size),
         train_eval=eval_loader(TransformedImages(train_eval, evaluate), eval_batch_size, num_workers),
         test=eval_loader(TransformedImages(test, evaluate), eval_batch_size, num_workers),
+        val=None if val is None else eval_loader(TransformedImages(val, evaluate), eval_batch_size, num_workers),
     )

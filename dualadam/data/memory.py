@@ -84,13 +84,15 @@ class DevicePlacement:
     memory_format: torch.memory_format = torch.contiguous_format
 
 
-def build_device_loaders(train: ArrayImages, test: ArrayImages, train_eval_indices: np.ndarray,
-                         norm: Normalization, placement: DevicePlacement, *, augmentation: str, padding: int,
-                         image_size: int, batch_size: int, eval_batch_size: int, seed: int, rank: int,
-                         world_size: int) -> tuple[DeviceEpochLoader, DeviceEvalLoader, DeviceEvalLoader]:
-    """The train, train-eval and test loaders over ``train``/``test`` moved to ``placement.device``."""
-    for name, source in (("train", train), ("test", test)):
-        if source.pixels.shape[1:3] != (image_size, image_size):
+def build_device_loaders(train: ArrayImages, test: ArrayImages, val: ArrayImages | None,
+                         train_eval_indices: np.ndarray, norm: Normalization, placement: DevicePlacement, *,
+                         augmentation: str, padding: int, image_size: int, batch_size: int, eval_batch_size: int,
+                         seed: int, rank: int, world_size: int
+                         ) -> tuple[DeviceEpochLoader, DeviceEvalLoader, DeviceEvalLoader, DeviceEvalLoader | None]:
+    """The train, train-eval, test and validation (None without ``val``) loaders over the sources moved to
+    ``placement.device``."""
+    for name, source in (("train", train), ("test", test), ("val", val)):
+        if source is not None and source.pixels.shape[1:3] != (image_size, image_size):
             raise ValueError(f"the {name} images are {source.pixels.shape[1]}x{source.pixels.shape[2]} but "
                              f"dataset.image_size={image_size}, and augmentation={augmentation!r} crops "
                              "without resizing; set dataset.image_size to match or dataset.loader=dataloader")
@@ -100,9 +102,14 @@ def build_device_loaders(train: ArrayImages, test: ArrayImages, train_eval_indic
     train_pixels, train_labels = to_device(train.pixels, train.labels, device)
     test_pixels, test_labels = to_device(test.pixels, test.labels, device)
     train_eval = torch.as_tensor(train_eval_indices, dtype=torch.int64).to(device)
+    val_loader = None
+    if val is not None:
+        val_pixels, val_labels = to_device(val.pixels, val.labels, device)
+        val_loader = DeviceEvalLoader(val_pixels, val_labels, normalize, batch_size=eval_batch_size)
     return (
         DeviceEpochLoader(train_pixels, train_labels, normalize, batch_size=batch_size, seed=seed,
                           augmentation=augmentation, padding=padding, rank=rank, world_size=world_size),
         DeviceEvalLoader(train_pixels, train_labels, normalize, batch_size=eval_batch_size, indices=train_eval),
         DeviceEvalLoader(test_pixels, test_labels, normalize, batch_size=eval_batch_size),
+        val_loader,
     )

@@ -2,8 +2,10 @@
 
 A problem's identity is its arithmetic, ``(operation, operands)``, not its wording: "Ann has 3 pens and gets 4
 more" and "A shelf holds 3 books; 4 are added" are the same problem ``add(3, 4)``. Which split a problem belongs
-to is a pure function of that identity (:func:`split_of`, a SHA-256 hash), so no test problem can appear in
-the training set, not even reworded, and the split does not depend on the sizes or the seed. Within a split,
+to is a pure function of that identity (:func:`split_of`, a SHA-256 hash), so no test or validation problem
+can appear in the training set, not even reworded, and the split does not depend on the sizes or the seed.
+A validation split (``val_fraction`` > 0) takes its share from what was training; the test problems stay the
+same, and with ``val_fraction = 0`` (no validation) train and test are exactly as before it existed. Within a split,
 problems are distinct. The same ``(split, size, seed)`` always gives the same examples.
 
 Responses show the arithmetic and end with "The answer is N." (``answers.extract_answer`` reads N).
@@ -11,15 +13,15 @@ Responses show the arithmetic and end with "The answer is N." (``answers.extract
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from dualadam.llm.errors import LLMConfigError
 from dualadam.llm.examples import Example
+from dualadam.llm.hash_split import split_of_identity
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 NAMES = ("Ann", "Ben", "Carla", "Dev", "Emma", "Farid", "Gita", "Hugo", "Ines", "Jon", "Kemal", "Lena", "Mo",
          "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Victor", "Wen", "Yara", "Zoe")
 ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "stamps", "shells", "cards", "coins",
@@ -110,10 +112,10 @@ OPERATIONS: dict[str, Operation] = {
 }
 
 
-def split_of(problem: Problem, test_fraction: float) -> str:
-    """``"test"`` for a fixed ``test_fraction`` of all problems, chosen by a hash of the problem's identity."""
-    digest = hashlib.sha256(problem.identity.encode()).digest()
-    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "train"
+def split_of(problem: Problem, test_fraction: float, val_fraction: float = 0.0) -> str:
+    """``"test"`` for a fixed ``test_fraction`` of all problems, ``"val"`` for a further ``val_fraction``,
+    ``"train"`` for the rest, chosen by a hash of the problem's identity (``hash_split``)."""
+    return split_of_identity(problem.identity, test_fraction, val_fraction)
 
 
 def render(problem: Problem, rng: random.Random) -> Example:
@@ -128,12 +130,16 @@ def render(problem: Problem, rng: random.Random) -> Example:
                    answer=answer)
 
 
-def draw_problems(split: str, size: int, seed: int, test_fraction: float = 0.2) -> list[tuple[Problem, Example]]:
-    """``size`` distinct problems of ``split`` ("train" or "test") with their wording, reproducible from ``seed``."""
+def draw_problems(split: str, size: int, seed: int, test_fraction: float = 0.2,
+                  val_fraction: float = 0.0) -> list[tuple[Problem, Example]]:
+    """``size`` distinct problems of ``split`` ("train", "val" or "test") with their wording, reproducible from
+    ``seed``."""
     if split not in SPLITS:
         raise LLMConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
     if not 0 < test_fraction < 1:
         raise LLMConfigError(f"dataset.test_fraction={test_fraction!r} must be in (0, 1)")
+    if not 0 <= val_fraction < 1 - test_fraction:
+        raise LLMConfigError(f"dataset.val_fraction={val_fraction!r} must be in [0, 1 - test_fraction)")
     rng = random.Random(f"arithmetic/{split}/{seed}")  # string seeds hash with SHA-512: stable across runs
     seen: set[str] = set()
     drawn: list[tuple[Problem, Example]] = []
@@ -141,7 +147,7 @@ def draw_problems(split: str, size: int, seed: int, test_fraction: float = 0.2) 
     while len(drawn) < size and misses < MAX_CONSECUTIVE_MISSES:
         name = rng.choice(sorted(OPERATIONS))
         problem = Problem(name, OPERATIONS[name].draw(rng))
-        if problem.identity in seen or split_of(problem, test_fraction) != split:
+        if problem.identity in seen or split_of(problem, test_fraction, val_fraction) != split:
             misses += 1
             continue
         misses = 0
@@ -151,9 +157,10 @@ def draw_problems(split: str, size: int, seed: int, test_fraction: float = 0.2) 
         return drawn
     raise LLMConfigError(f"Could not draw {size} distinct {split} problems (got {len(drawn)}); "
                          f"lower dataset.{split}_size (the task has about 18,000 problems in all, "
-                         f"split by dataset.test_fraction).")
+                         f"split by dataset.test_fraction and dataset.val_fraction).")
 
 
-def arithmetic_problems(split: str, size: int, seed: int, test_fraction: float = 0.2) -> list[Example]:
+def arithmetic_problems(split: str, size: int, seed: int, test_fraction: float = 0.2,
+                        val_fraction: float = 0.0) -> list[Example]:
     """The examples of :func:`draw_problems`."""
-    return [example for _, example in draw_problems(split, size, seed, test_fraction)]
+    return [example for _, example in draw_problems(split, size, seed, test_fraction, val_fraction)]

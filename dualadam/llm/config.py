@@ -72,6 +72,29 @@ def validate_dataset(dataset) -> None:
     if dataset.name == "jsonl":
         _check(bool(dataset.get("train_file")), "dataset.train_file", dataset.get("train_file"),
                "a path to a JSONL file of {\"prompt\", \"response\"} objects")
+    validate_validation_split(dataset)
+
+
+def validate_validation_split(dataset) -> None:
+    """``val_size`` / ``val_fraction`` / ``val_file`` (``sources`` says what each source takes)."""
+    size, fraction, file = dataset.get("val_size"), dataset.get("val_fraction"), dataset.get("val_file")
+    arithmetic = dataset.name == "arithmetic"
+    _check(size is None or (_is_int(size) and size >= 1), "dataset.val_size", size,
+           "an integer >= 1, or null (no validation split)" if arithmetic else "an integer >= 1 or null (all)")
+    _check(not file or dataset.name == "jsonl", "dataset.val_file", file, "null: only dataset=jsonl reads one")
+    _check(not (file and fraction is not None), "dataset.val_fraction", fraction,
+           "null when dataset.val_file gives the validation examples")
+    if fraction is not None:
+        test_share = float(dataset.get("test_fraction") or 0.0)  # both come out of one hash interval
+        _check(_is_fraction(fraction) and fraction + test_share < 1, "dataset.val_fraction", fraction,
+               f"a fraction in (0, 1) leaving training examples after dataset.test_fraction={test_share}")
+    if arithmetic:
+        _check(fraction is None or size is not None, "dataset.val_size", size,
+               f"an integer >= 1: dataset.val_fraction={fraction} reserves validation problems, val_size says "
+               "how many to draw")
+    else:
+        _check(size is None or bool(file) or fraction is not None, "dataset.val_size", size,
+               "null, unless dataset.val_file or dataset.val_fraction holds validation examples out")
 
 
 def validate_llm_config(cfg) -> None:

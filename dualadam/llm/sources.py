@@ -1,25 +1,37 @@
 """Where fine-tuning examples come from: the built-in arithmetic task, local JSONL files, HF datasets by name.
 
-``load_splits(dataset_cfg) -> (train, test)`` lists of :class:`Example`. Each source keeps its train and test
-examples disjoint: the arithmetic task and single-split sources (Alpaca, a lone JSONL file) split by a hash of
-the prompt, so a prompt is in one split only; GSM8K and paired JSONL files use their own given splits.
+``load_splits(dataset_cfg) -> Splits``: train, test and (when asked for) validation lists of :class:`Example`.
+Each source keeps its train and test examples disjoint: the arithmetic task splits by a hash of the problem,
+single-split sources (Alpaca, a lone JSONL file) by a hash of the prompt, so a prompt is in one split only;
+GSM8K and paired JSONL files use their own given splits.
+
+A validation split is held out of the training examples, never trained on (no key: none, as before):
+
+- arithmetic: ``dataset.val_size`` problems from a further ``dataset.val_fraction`` (default 0.1) of all
+  problems, by the same hash (``arithmetic.split_of``); the test problems do not change.
+- JSONL: ``dataset.val_file``, or ``dataset.val_fraction`` of the training file by prompt hash.
+- GSM8K, Alpaca: ``dataset.val_fraction`` of the training examples by prompt hash.
+
+``dataset.val_size`` takes a seeded subset of the validation examples (required for arithmetic).
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import random
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from dualadam.llm.arithmetic import arithmetic_problems
 from dualadam.llm.errors import LLMConfigError, LLMSetupError
 from dualadam.llm.examples import Example
+from dualadam.llm.hash_split import split_of_identity
 
 DATASET_NAMES = ("arithmetic", "jsonl", "gsm8k", "alpaca")
+DEFAULT_VAL_FRACTION = 0.1  # arithmetic: share of all problems reserved for validation when val_size is set
 JSONL_FORMAT = ('one JSON object per line, either {"prompt": ..., "response": ..., "answer": optional} or '
                 'Alpaca-style {"instruction": ..., "input": optional, "output": ...}')
 
@@ -65,14 +77,28 @@ def read_jsonl(path: str | Path) -> list[Example]:
     return examples
 
 
-def split_by_prompt_hash(examples: Iterable[Example], test_fraction: float) -> tuple[list[Example], list[Example]]:
-    """(train, test): an example is in test iff a SHA-256 hash of its prompt falls below ``test_fraction``, so
-    duplicated prompts always land in the same split."""
-    train, test = [], []
+@dataclass(frozen=True)
+class Splits:
+    train: list[Example]
+    test: list[Example]
+    val: list[Example] | None = None  # held out of the training examples; None when the config asks for none
+
+
+def holds_validation(cfg: Mapping) -> bool:
+    """Whether the dataset config ``cfg`` asks for a validation split (see the module docstring)."""
+    if cfg.get("name") == "arithmetic":
+        return cfg.get("val_size") is not None
+    return bool(cfg.get("val_file")) or cfg.get("val_fraction") is not None
+
+
+def split_by_prompt_hash(examples: Iterable[Example], test_fraction: float,
+                         val_fraction: float = 0.0) -> dict[str, list[Example]]:
+    """``{"train", "val", "test"}``: which one an example joins is a SHA-256 hash of its prompt
+    (``hash_split``), so duplicated prompts always land in the same split."""
+    parts: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
     for example in examples:
-        digest = hashlib.sha256(example.prompt.encode()).digest()
-        (test if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else train).append(example)
-    return train, test
+        parts[split_of_identity(example.prompt, test_fraction, val_fraction)].append(example)
+    return parts
 
 
 def load_hf_split(path: str, name: str | None, split: str) -> list[Mapping]:
@@ -102,27 +128,50 @@ def take(examples: list[Example], size: int | None, seed: int, what: str) -> lis
     return random.Random(f"{what}/{seed}").sample(examples, size)
 
 
-def load_splits(cfg: Mapping) -> tuple[list[Example], list[Example]]:
-    """(train, test) examples as ``cfg`` (the ``dataset`` config) says; sizes and subsets applied."""
-    name, seed = cfg["name"], int(cfg.get("data_seed", 0))
-    train_size, test_size = cfg.get("train_size"), cfg.get("test_size")
-    if name == "arithmetic":
-        fraction = float(cfg.get("test_fraction", 0.2))
-        return (arithmetic_problems("train", int(train_size), seed, fraction),
-                arithmetic_problems("test", int(test_size), seed, fraction))
+def _arithmetic_splits(cfg: Mapping, seed: int) -> Splits:
+    test_fraction = float(cfg.get("test_fraction", 0.2))
+    val_size = cfg.get("val_size")
+    val_fraction = 0.0 if val_size is None else float(cfg.get("val_fraction", DEFAULT_VAL_FRACTION))
+
+    def draw(split: str, size) -> list[Example]:
+        return arithmetic_problems(split, int(size), seed, test_fraction, val_fraction)
+
+    return Splits(draw("train", cfg["train_size"]), draw("test", cfg["test_size"]),
+                  None if val_size is None else draw("val", val_size))
+
+
+def _source_splits(cfg: Mapping) -> Splits:
+    """All examples of a file or hub source, before any size is applied."""
+    name, val_fraction = cfg["name"], float(cfg.get("val_fraction") or 0.0)
     if name == "jsonl":
         if cfg.get("test_file"):
-            train, test = read_jsonl(cfg["train_file"]), read_jsonl(cfg["test_file"])
+            parts = split_by_prompt_hash(read_jsonl(cfg["train_file"]), 0.0, val_fraction)
+            parts["test"] = read_jsonl(cfg["test_file"])
         else:
-            train, test = split_by_prompt_hash(read_jsonl(cfg["train_file"]), float(cfg.get("test_fraction", 0.1)))
+            parts = split_by_prompt_hash(read_jsonl(cfg["train_file"]), float(cfg.get("test_fraction", 0.1)),
+                                         val_fraction)
+        if cfg.get("val_file"):
+            parts["val"] = read_jsonl(cfg["val_file"])
     elif name == "gsm8k":
         path, config = cfg.get("hf_path", "openai/gsm8k"), cfg.get("hf_config", "main")
         train = [gsm8k_example(r) for r in load_hf_split(path, config, "train")]
-        test = [gsm8k_example(r) for r in load_hf_split(path, config, "test")]
+        parts = split_by_prompt_hash(train, 0.0, val_fraction)
+        parts["test"] = [gsm8k_example(r) for r in load_hf_split(path, config, "test")]
     elif name == "alpaca":
         rows = load_hf_split(cfg.get("hf_path", "tatsu-lab/alpaca"), cfg.get("hf_config"), "train")
         records = [example_from_record(row, f"{cfg.get('hf_path')} row {i}") for i, row in enumerate(rows)]
-        train, test = split_by_prompt_hash(records, float(cfg.get("test_fraction", 0.02)))
+        parts = split_by_prompt_hash(records, float(cfg.get("test_fraction", 0.02)), val_fraction)
     else:
         raise LLMConfigError(f"Unknown LLM dataset dataset.name={name!r}; valid: {', '.join(DATASET_NAMES)}")
-    return take(train, train_size, seed, "train"), take(test, test_size, seed, "test")
+    return Splits(parts["train"], parts["test"], parts["val"] if holds_validation(cfg) else None)
+
+
+def load_splits(cfg: Mapping) -> Splits:
+    """Train, test and validation examples as ``cfg`` (the ``dataset`` config) says; sizes and subsets applied."""
+    seed = int(cfg.get("data_seed", 0))
+    if cfg["name"] == "arithmetic":
+        return _arithmetic_splits(cfg, seed)
+    found = _source_splits(cfg)
+    return Splits(take(found.train, cfg.get("train_size"), seed, "train"),
+                  take(found.test, cfg.get("test_size"), seed, "test"),
+                  None if found.val is None else take(found.val, cfg.get("val_size"), seed, "val"))

@@ -9,7 +9,8 @@ examples, sequence lengths, generation budget), ``cfg.trainer.batch_size`` / ``e
   teacher forcing, i.e. that greedy decoding would reproduce token for token. Generating during training would
   cost more than the step itself, so this is the training-time stand-in for exact match (stricter: the whole
   reply, not only the answer).
-- ``train_eval/*`` and ``test/*`` (``evaluate``): ``loss`` per response token, ``perplexity = exp(loss)``,
+- ``train_eval/*``, ``test/*`` and, with a validation split (``sources``), ``val/*`` (``evaluate``): ``loss``
+  per response token, ``perplexity = exp(loss)``,
   ``acc`` = percent exact-match answers from greedy generation (``answers.py`` says how answers are read), and
   ``sequence_acc``, the teacher-forced whole-reply measure that ``train/acc`` uses.
 """
@@ -52,17 +53,21 @@ class LLMFineTuning:
         ensure_chat_template(self.tokenizer)
         self.model = apply_finetuning(model, cfg.finetune).to(runtime.device)
         data = cfg.dataset
-        train, test = load_splits(data)
+        splits = load_splits(data)
         system_prompt, max_length = data.get("system_prompt"), int(data.max_length)
-        train_encoded = encode_examples(self.tokenizer, train, system_prompt, max_length, "train")
-        test_encoded = encode_examples(self.tokenizer, test, system_prompt, max_length, "test")
+
+        def encoded(examples, split: str) -> list[EncodedExample]:
+            return encode_examples(self.tokenizer, examples, system_prompt, max_length, split)
+
+        train_encoded, test_encoded = encoded(splits.train, "train"), encoded(splits.test, "test")
         pad_id = self.tokenizer.pad_token_id
         self.train_loader = PromptResponseLoader(train_encoded, int(cfg.trainer.batch_size), pad_id, int(cfg.seed),
                                                  rank=runtime.rank, world_size=runtime.world_size)
         train_eval = train_eval_subset(train_encoded, int(data.train_eval_size), int(data.get("data_seed", 0)))
         eval_batch_size = int(cfg.trainer.eval_batch_size)
-        self.eval_loaders = {"train_eval": evaluation_batches(train_eval, eval_batch_size, pad_id),
-                             "test": evaluation_batches(test_encoded, eval_batch_size, pad_id)}
+        val = {} if splits.val is None else {"val": encoded(splits.val, "val")}
+        self.eval_loaders = {split: evaluation_batches(examples, eval_batch_size, pad_id) for split, examples
+                             in {"train_eval": train_eval, **val, "test": test_encoded}.items()}
         self.max_new_tokens = int(data.max_new_tokens)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:

@@ -16,6 +16,8 @@ TRAIN_EVAL_LOSS = "train_eval/loss"      # a fixed train subset, eval mode, no a
 TRAIN_EVAL_ACC = "train_eval/acc"
 TEST_LOSS = "test/loss"
 TEST_ACC = "test/acc"
+VAL_LOSS = "val/loss"                    # held-out training data (dataset.val_size): only in runs that have it
+VAL_ACC = "val/acc"
 GAP_ACC = "gap/acc"                      # train_eval/acc - test/acc, in percentage points
 GAP_LOSS = "gap/loss"                    # test/loss - train_eval/loss
 LR = "lr"                                # the learning rate of the epoch's last optimizer step (param group 0)
@@ -31,7 +33,27 @@ EPOCH_METRIC_KEYS: tuple[str, ...] = (
 )
 """Every key of every ``metrics.jsonl`` record, in the order they are written."""
 
-HIGHER_IS_BETTER = {TRAIN_ACC, TRAIN_EVAL_ACC, TEST_ACC}
+VALIDATION_METRIC_KEYS: tuple[str, ...] = (VAL_LOSS, VAL_ACC)
+"""Keys a record has only when the run holds out a validation split, written right after the train-eval keys.
+A run without one has no such keys at all (not NaN), so its records are exactly ``EPOCH_METRIC_KEYS``."""
+
+HIGHER_IS_BETTER = {TRAIN_ACC, TRAIN_EVAL_ACC, TEST_ACC, VAL_ACC}
+
+
+def epoch_metric_keys(validation: bool) -> tuple[str, ...]:
+    """The keys of a metrics record, in order, for a run with or without a validation split."""
+    if not validation:
+        return EPOCH_METRIC_KEYS
+    after = EPOCH_METRIC_KEYS.index(TRAIN_EVAL_ACC) + 1
+    return (*EPOCH_METRIC_KEYS[:after], *VALIDATION_METRIC_KEYS, *EPOCH_METRIC_KEYS[after:])
+
+
+def selection_split(monitor: str) -> str | None:
+    """The data split whose metric ``trainer.monitor`` names, e.g. ``"val"`` for ``val/acc``: the split that
+    selected summary.json's "best" epoch. ``"test"`` is the paper protocol (selected on the test set); None
+    for a metric of no split (``lr``, ``epoch``...)."""
+    split = monitor.partition("/")[0]
+    return split if split in ("train", "train_eval", "val", "test") else None
 
 
 def generalization_gap(train_eval: dict[str, float], test: dict[str, float]) -> dict[str, float]:

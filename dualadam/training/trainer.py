@@ -184,6 +184,8 @@ class Trainer:
             M.TRAIN_EVAL_LOSS: train_eval["loss"], M.TRAIN_EVAL_ACC: train_eval["acc"],
             M.TEST_LOSS: test["loss"], M.TEST_ACC: test["acc"],
             **M.generalization_gap(train_eval, test),
+            **({M.VAL_LOSS: evaluated["val"]["loss"], M.VAL_ACC: evaluated["val"]["acc"]}
+               if "val" in evaluated else {}),   # only with a validation split: no NaN columns without one
             M.LR: train.lr,
             M.INVERSE_ADAM_RATE: inverse_adam_rate(self.optimizer),
             M.OPTIMIZER_STEPS: self.scheduler.last_epoch,
@@ -192,7 +194,7 @@ class Trainer:
         }
         # Task-specific extras (e.g. the LLM task's test/perplexity) follow the contract's keys.
         extras = keyed_by_split(evaluated, leave_out=("loss", "acc"))
-        return {**{key: row[key] for key in M.EPOCH_METRIC_KEYS}, **extras}
+        return {**{key: row[key] for key in M.epoch_metric_keys("val" in evaluated)}, **extras}
 
     def train_one_epoch(self, epoch: int, progress: EpochProgress | None = None) -> TrainingPass:
         """The loop syncs with the device only when the guard reads its divergence flag (every
@@ -243,7 +245,8 @@ class Trainer:
         self.scheduler.step()
 
     def evaluate_splits(self) -> dict[str, dict[str, float]]:
-        """Every evaluation split (``train_eval``, ``test``): ``{split: {"loss": ..., "acc": ..., extras}}``."""
+        """Every evaluation split (``train_eval``, ``val`` if held out, ``test``): ``{split: {"loss": ...,
+        "acc": ..., extras}}``."""
         return {name: self.evaluate(loader) for name, loader in self.task.eval_loaders.items()}
 
     def evaluate_before_training(self) -> dict[str, float]:

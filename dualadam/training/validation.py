@@ -17,11 +17,11 @@ from dualadam.data import DATASET_NAMES
 from dualadam.data.memory import LOADERS
 from dualadam.llm import LLMConfigError, validate_llm_config
 from dualadam.models import unknown_model_problem
-from dualadam.training.metrics import EPOCH_METRIC_KEYS
+from dualadam.training.metrics import EPOCH_METRIC_KEYS, VALIDATION_METRIC_KEYS, selection_split
 from dualadam.training.optimizers import has_fused_path, optimizer_names
 from dualadam.training.runtime import PRECISIONS
 from dualadam.training.schedulers import SCHEDULES
-from dualadam.training.tasks import TASKS
+from dualadam.training.tasks import TASKS, holds_validation_split
 from dualadam.training.wandb_logger import MODES
 
 AUTO_OR_BOOL = ("auto", True, False)
@@ -129,12 +129,22 @@ def check_trainer(trainer: DictConfig) -> None:
     check(fused in AUTO_OR_BOOL, "trainer.fused_optimizer", fused, "auto (on for CUDA), true or false")
     for key in ("compile", "deterministic"):
         check(isinstance(trainer[key], bool), f"trainer.{key}", trainer[key], "true or false")
-    check_choice("trainer.monitor", trainer.monitor, EPOCH_METRIC_KEYS, "metric")
+    check_choice("trainer.monitor", trainer.monitor, (*EPOCH_METRIC_KEYS, *VALIDATION_METRIC_KEYS), "metric")
     for key in ("resume", "sync_batchnorm"):
         check(isinstance(trainer.get(key, True), bool), f"trainer.{key}", trainer.get(key), "true or false")
     check_every = trainer.get("check_every", 50)
     check(_is_int(check_every) and check_every >= 1, "trainer.check_every", check_every,
           "an integer number of optimizer steps >= 1")
+
+
+def check_selection(cfg: DictConfig) -> None:
+    """With a validation split the best epoch is chosen on it, never on test; without one val/* does not exist."""
+    split, held_out = selection_split(cfg.trainer.monitor), holds_validation_split(cfg)
+    check(split != "test" or not held_out, "trainer.monitor", cfg.trainer.monitor,
+          "val/acc or val/loss: the data holds a validation split out, so the best epoch is chosen on it")
+    check(split != "val" or held_out, "trainer.monitor", cfg.trainer.monitor,
+          "a metric the run records: val/* needs a validation split (dataset.val_size; dataset.val_file or "
+          "val_fraction for text)")
 
 
 def check_analysis(analysis: DictConfig) -> None:
@@ -156,10 +166,14 @@ def validate_config(cfg: DictConfig) -> None:
         check_choice("dataset.name", cfg.dataset.name, DATASET_NAMES, "dataset")
         check_choice("dataset.loader", cfg.dataset.get("loader") or "dataloader", LOADERS, "loader")
         check_model_name("model.name", cfg.model.name)
+        val_size = cfg.dataset.get("val_size")
+        check(val_size is None or (_is_int(val_size) and val_size >= 1), "dataset.val_size", val_size,
+              "null (no validation split) or a number of training images to hold out, e.g. 5000")
     check_optimizer(cfg.optimizer, optimizer_names())
     check_choice("scheduler.name", cfg.scheduler.name, SCHEDULES, "scheduler")
     check_schedule_params(cfg.scheduler)
     check_trainer(cfg.trainer)
+    check_selection(cfg)
     if cfg.trainer.get("fused_optimizer", "auto") is True:
         check(has_fused_path(cfg.optimizer.name), "trainer.fused_optimizer", True,
               f"auto or false: optimizer {cfg.optimizer.name!r} has no fused implementation")

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
+from dualadam.llm.sources import holds_validation
 from dualadam.llm.task import LLMFineTuning
 from dualadam.training.runtime import Runtime
 from dualadam.training.tasks.base import EpochLoader, Task
@@ -21,4 +22,12 @@ def build_task(cfg: DictConfig, runtime: Runtime) -> Task:
     return TASKS[cfg.task](cfg, runtime)
 
 
-__all__ = ["TASKS", "EpochLoader", "Task", "ImageClassification", "build_task"]
+def holds_validation_split(cfg: DictConfig) -> bool:
+    """Whether the run's data config holds a validation split out of the training data (then the task's
+    ``eval_loaders`` has ``"val"``): ``dataset.val_size`` for images, ``llm.sources.holds_validation`` for text."""
+    if cfg.task == "llm_finetune":
+        return holds_validation(cfg.dataset)
+    return cfg.dataset.get("val_size") is not None
+
+
+__all__ = ["TASKS", "EpochLoader", "Task", "ImageClassification", "build_task", "holds_validation_split"]

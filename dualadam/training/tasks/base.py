@@ -24,7 +24,8 @@ class EpochLoader(Protocol):
 class Task(Protocol):
     model: nn.Module            # on the runtime's device, unwrapped (the trainer may compile or wrap it)
     train_loader: EpochLoader
-    eval_loaders: dict[str, Iterable]  # must hold "train_eval" and "test"; each iterable repeatedly
+    eval_loaders: dict[str, Iterable]  # "train_eval", "test", and "val" when a validation split is held out;
+                                       # each iterable repeatedly
 
     def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Forward one batch: (mean loss to backpropagate, 0-d count of correct predictions, batch size).

@@ -33,7 +33,8 @@ class ImageClassification:
         self.runtime = runtime
         self.model = build_model(cfg.model, data.info).to(runtime.device, memory_format=runtime.memory_format)
         self.train_loader = data.train
-        self.eval_loaders = {"train_eval": data.train_eval, "test": data.test}
+        self.eval_loaders = {"train_eval": data.train_eval, **({} if data.val is None else {"val": data.val}),
+                             "test": data.test}
 
     def _to_device(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
