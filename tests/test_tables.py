@@ -380,6 +380,16 @@ def test_table_gives_the_t_interval_of_each_mean_and_the_seed_paired_verdict(tab
     assert "With 3 pairs the Wilcoxon test cannot reject at p<0.05 whatever the data" in table_md
 
 
+def test_a_reference_no_study_ran_is_refused_before_any_table_is_written(tables, tmp_path, monkeypatch):
+    work = tmp_path / "copy"
+    shutil.copytree(tables, work)
+    before = snapshot(work)
+    with pytest.raises(SystemExit, match="--reference adamx: no study here has runs of that optimizer; use one of "
+                                         "the optimizer labels of these studies: adam, dualadam"):
+        make_tables_here("--no-collect", "--reference", "adamx", cwd=work, monkeypatch=monkeypatch)
+    assert snapshot(work) == before
+
+
 def test_a_copied_run_directory_is_listed_as_a_duplicate_not_averaged_twice(run_root, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     original = sorted((run_root / "sweep").glob("adam-*"))[0]

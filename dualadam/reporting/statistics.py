@@ -228,6 +228,11 @@ class StudyComparisons:
     seeds: dict[str, SeedValues]                 # optimizer -> that group's values per seed
     comparisons: list[PairedComparison]
 
+    @property
+    def family_size(self) -> int:
+        """How many comparisons Holm's correction ran over: those with a t-test."""
+        return sum(c.t_p is not None for c in self.comparisons)
+
 
 def compare_study(table: StudyTable, metric: Metric = HEADLINE, plan: ComparisonPlan | None = None
                   ) -> StudyComparisons:
