@@ -171,9 +171,9 @@ def comparisons_intro(found: StudyComparisons, grouped: bool) -> str:
                    f"{optimizer_name(plan.control)}"
     return (f"**Paired comparisons of the {metric.name}**: {against}, seed by seed over the seeds both ran "
             f"(differences in {metric.unit}). Paired t-test with its 95% CI, Cohen's d_z (mean difference / sd "
-            f"of the differences), Holm's correction over the {found.family_size} tested comparisons of this table, and the "
-            "Wilcoxon signed-rank test as a check; the verdicts follow the rules of `docs/statistics.md` in the "
-            "dualadam repository."
+            f"of the differences), Holm's correction over the {found.family_size} tested comparisons of this "
+            "table, and the Wilcoxon signed-rank test as a check; the verdicts follow the rules of "
+            "`docs/statistics.md` in the dualadam repository."
             + (" Each optimizer at its best setting (the second table), chosen on the test set." if grouped else ""))
 
 
@@ -210,14 +210,15 @@ def comparison_notes(found: StudyComparisons, table: StudyTable) -> list[str]:
                 notes.append(f"{optimizer_name(c.candidate)} vs {optimizer_name(c.baseline)}: "
                              f"{optimizer_name(name)}'s {_seeds_text(seeds)} has no {optimizer_name(other)} run "
                              "to pair with and is left out.")
-    weak = sorted({c.n_pairs for c in found.comparisons
-                   if c.wilcoxon_min_p is not None and c.wilcoxon_min_p >= ALPHA})
+    weak = [c for c in found.comparisons if c.wilcoxon_min_p is not None and c.wilcoxon_min_p >= ALPHA]
     if weak:
-        notes.append(f"With {' or '.join(str(n) for n in weak)} pairs the Wilcoxon test cannot reject at "
-                     f"p<{ALPHA:g} whatever the data (its smallest p with {weak[-1]} pairs is "
-                     f"{format_p(wilcoxon_smallest_p(weak[-1]))}, larger when some differences are zero; "
-                     f"{fewest_pairs_for_wilcoxon(ALPHA)} pairs are the fewest that can): there, a verdict "
-                     "rests on the t-test alone.")
+        most = max(sum(d != 0 for d in c.differences) for c in weak)
+        which = "any comparison of this table" if len(weak) == len(found.comparisons) else \
+            ", ".join(f"{optimizer_name(c.candidate)} vs {optimizer_name(c.baseline)}" for c in weak)
+        notes.append(f"The Wilcoxon test cannot reject at p<{ALPHA:g} with fewer than "
+                     f"{fewest_pairs_for_wilcoxon(ALPHA)} nonzero differences, whatever the data (with {most} "
+                     f"its smallest p is {format_p(wilcoxon_smallest_p(most))}). So it cannot for {which}: "
+                     "there, a verdict rests on the t-test alone.")
     return notes
 
 
