@@ -136,6 +136,11 @@ def test_with_fewer_than_six_pairs_the_verdict_says_it_rests_on_the_t_test():
     found = verdict(comparison, HEADLINE, 1)
     assert found.word == BETTER
     assert found.reason == "Wilcoxon cannot reach p<0.05 with 3 pairs; the verdict rests on the t-test"
+    # Seven pairs, but two ties: the Wilcoxon test sees 5 differences and cannot reject either.
+    tied = compared([70.0, 71.0, 70.5, 60.0, 61.0, 70.8, 71.2], [60.0, 61.2, 60.4, 60.0, 61.0, 60.1, 60.9])
+    found = verdict(tied, HEADLINE, 1)
+    assert found.word == BETTER and tied.wilcoxon_min_p == 0.0625
+    assert found.reason == "Wilcoxon cannot reach p<0.05 with 5 nonzero differences; the verdict rests on the t-test"
 
 
 def test_the_t_test_alone_is_not_enough_where_the_wilcoxon_test_could_agree_and_does_not():

@@ -44,8 +44,9 @@ def verdict(comparison: PairedComparison, metric: Metric, family_size: int) -> V
         return Verdict(NO_DIFFERENCE, f"the t-test rejects but the Wilcoxon test does not "
                                       f"(p={format_p(comparison.wilcoxon_p)})")
     improves = (comparison.mean > 0) == metric.higher_is_better
-    reason = "" if can_reject else (f"Wilcoxon cannot reach p<{ALPHA:g} with {n} pairs; the verdict rests on "
-                                    "the t-test")
+    nonzero = sum(d != 0 for d in comparison.differences)   # the Wilcoxon test drops zero differences
+    sample = f"{n} pairs" if nonzero == n else f"{nonzero} nonzero differences"
+    reason = "" if can_reject else f"Wilcoxon cannot reach p<{ALPHA:g} with {sample}; the verdict rests on the t-test"
     return Verdict(BETTER if improves else WORSE, reason)
 
 
