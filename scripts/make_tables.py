@@ -4,13 +4,15 @@
     python scripts/make_tables.py --roots /scratch/me/multirun     # other run directories
     python scripts/make_tables.py --wandb --wandb-entity my-team   # also the W&B API (skipped when offline)
     python scripts/make_tables.py --no-collect                     # only rebuild tables from results/*/runs.csv
+    python scripts/make_tables.py --reference adamw                # pair every optimizer with AdamW, not Adam
 
 A study is the ``logger.group`` a run was launched with (each ``configs/experiment/<study>.yaml`` sets it to
 ``<study>``), else its ``experiment=`` choice; its files go to ``results/<study>/``. Runs are merged into the
 study's CSVs (a run found again replaces its rows); then every study with a ``runs.csv`` gets ``table.md``,
 ``table.tex``, ``test_acc.png``, ``gap_acc.png`` and ``README.md``, and every
-``<!-- results:<study>:begin/end -->`` block of the ``--readme`` files is rewritten. The same CSVs always give
-the same bytes.
+``<!-- results:<study>:begin/end -->`` block of the ``--readme`` files is rewritten. Each table ends with
+seed-paired comparisons against the reference (and DualAdam against the matched-warmup control) and their
+verdict lines (docs/statistics.md). The same CSVs always give the same bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dualadam.reporting.local_runs import collect_local_runs
 from dualadam.reporting.report import fill_readme, load_study, write_study_report
 from dualadam.reporting.results_csv import RUNS_FILE, merge_study
 from dualadam.reporting.run_records import study_folder_name
+from dualadam.reporting.statistics import ComparisonPlan
 from dualadam.reporting.wandb_runs import fetch_wandb_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +46,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--print", action="store_true", help="print each study's table.md (e.g. make demo)")
     parser.add_argument("--study", action="append", default=None, help="only this study (repeatable)")
     parser.add_argument("--no-collect", action="store_true", help="skip the search; rebuild from the CSVs")
+    parser.add_argument("--reference", default=ComparisonPlan.reference,
+                        help="the optimizer label every other is paired with (default: %(default)s)")
     parser.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (needs network)")
     parser.add_argument("--wandb-project", default="dualadam")
     parser.add_argument("--wandb-entity", default=None)
@@ -73,24 +78,35 @@ def collect(args: argparse.Namespace) -> None:
     print("\n".join(f"[tables] {n}" for n in notes))
 
 
+def check_reference(reference: str, studies: list) -> None:
+    """Before any table is written: a ``--reference`` no study ran is a typo, not a table without pairs."""
+    found = sorted({row["optimizer"] for study in studies for row in study.table.rows})
+    if studies and reference not in found:
+        raise SystemExit(f"[tables] --reference {reference}: no study here has runs of that optimizer; use one "
+                         f"of the optimizer labels of these studies: {', '.join(found)}")
+
+
 def report(args: argparse.Namespace) -> None:
-    studies = {}
+    studies, plan = {}, ComparisonPlan(reference=args.reference)
     for runs_csv in sorted(args.results.glob(f"*/{RUNS_FILE}")):
         study = load_study(runs_csv.parent)
         studies[runs_csv.parent.name] = study   # every study, for the README blocks
+    check_reference(args.reference, [s for s in studies.values() if args.study is None or s.name in args.study])
+    for study in studies.values():
         if args.study is not None and study.name not in args.study:
             continue
-        write_study_report(study, experiment_command(study.name))
+        write_study_report(study, experiment_command(study.name), plan)
         table = study.table
         print(f"[tables] {study.name}: {len(table.rows)} runs, {len(table.rows) - len(table.excluded)} averaged, "
-              f"{len(table.excluded)} not averaged -> {runs_csv.parent}/")
+              f"{len(table.excluded)} not averaged -> {study.folder}/")
         if args.print:
-            print((runs_csv.parent / "table.md").read_text())
+            print((study.folder / "table.md").read_text())
     if not studies:
         print(f"[tables] no study has results yet (no {args.results}/<study>/{RUNS_FILE})")
     readmes = [] if args.no_readme else args.readme if args.readme is not None else [Path("README.md")]
     for readme in readmes:
-        notes = fill_readme(readme, args.results, studies) if readme.is_file() else [f"{readme}: not found, skipped"]
+        notes = fill_readme(readme, args.results, studies, plan) if readme.is_file() \
+            else [f"{readme}: not found, skipped"]
         for note in notes:
             print(f"[tables] {note}")
 

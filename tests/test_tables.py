@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
+from scipy import stats as scipy_stats
 
 from dualadam.reporting.aggregate import build_study_table
 from dualadam.reporting.local_runs import read_local_run
@@ -335,11 +337,61 @@ def test_failed_and_diverged_runs_are_listed_and_counted_not_averaged(tables):
     # optimizer's best setting gets a table of its own.
     assert "| optimizer | lr | dataset.name | n |" in table_md
     assert "Each optimizer at its best lr, dataset.name" in table_md
-    assert "| DualAdam | 1e+06 | synthetic | 0 | – | – | – | – | – | – | – | 1 (1 diverged) |" in table_md
+    assert "| DualAdam | 1e+06 | synthetic | 0 | – | – | – | – | – | – | – | – | 1 (1 diverged) |" in table_md
     # The runs measured their sharpness (analysis.*, which does not split groups): its columns are shown.
     assert "| final gap (pp) | top Hessian eigenvalue | Hessian trace | not averaged |" in table_md
     tex = (tables / "results" / FIXTURE_STUDY / "table.tex").read_text()
     assert r"\begin{tabular}" in tex and r"\pm" in tex and "DualAdam" in tex
+
+
+def final_test_acc_by_seed(rows: list[dict], run_root: Path, optimizer: str) -> dict[int, float]:
+    """The optimizer's completed runs' final test accuracy per seed, read from their summary.json."""
+    runs = [r for r in rows if r["optimizer"] == optimizer and r["status"] == "completed"]
+    return {r["seed"]: json.loads((run_root / r["run"].split("/", 1)[1] / "summary.json").read_text())["final"][TEST_ACC]
+            for r in runs}
+
+
+def test_table_gives_the_t_interval_of_each_mean_and_the_seed_paired_verdict(tables, run_root):
+    """The CI column and the DualAdam-vs-Adam line, against scipy on the runs' own summary.json numbers."""
+    rows = read_rows(tables / "results" / FIXTURE_STUDY / "runs.csv")
+    table_md = (tables / "results" / FIXTURE_STUDY / "table.md").read_text()
+    assert "| final test acc (%) | final test acc 95% CI | best test acc (%) |" in table_md
+    accuracy = {o: final_test_acc_by_seed(rows, run_root, o) for o in FIXTURE_OPTIMIZERS}
+    for optimizer, by_seed in accuracy.items():
+        values, mean = list(by_seed.values()), statistics.fmean(by_seed.values())
+        # Tiny runs can tie on every seed (a few test images): the interval is then the mean itself.
+        low, high = scipy_stats.t.interval(0.95, len(values) - 1, loc=mean, scale=scipy_stats.sem(values)) \
+            if statistics.stdev(values) > 0 else (mean, mean)
+        row_text = next(line for line in table_md.splitlines()
+                        if line.startswith(f"| {optimizer_name(optimizer)} |") and "| 3 |" in line)
+        assert f"± {statistics.stdev(values):.2f} | [{low:.2f}, {high:.2f}] |" in row_text
+    seeds = sorted(accuracy["dualadam"])
+    assert seeds == [0, 1, 2] == sorted(accuracy["adam"])
+    paired = scipy_stats.ttest_rel([accuracy["dualadam"][s] for s in seeds], [accuracy["adam"][s] for s in seeds])
+    interval = paired.confidence_interval(0.95)
+    differences = [accuracy["dualadam"][s] - accuracy["adam"][s] for s in seeds]
+    line = next(line for line in table_md.splitlines() if line.startswith("- DualAdam vs Adam: "))
+    signed = [format(v, "+.2f").replace("-", "−") for v in (statistics.fmean(differences), *interval)]
+    assert f"({signed[0]} pp, 95% CI [{signed[1]}, {signed[2]}], n=3 pairs, " in line
+    word = line.removeprefix("- DualAdam vs Adam: ").split(" (")[0]
+    assert word in ("better", "worse", "no detectable difference")
+    # One comparison: Holm leaves its p alone; with 3 pairs or fewer the exact Wilcoxon test (smallest p
+    # 2 / 2**k for k nonzero differences; tiny runs can tie on a seed) can never reject.
+    assert f"Holm p={format(paired.pvalue, '.2g')}" in line or paired.pvalue < 0.001
+    nonzero = sum(abs(d) > 1e-9 for d in differences)
+    assert (f"The Wilcoxon test cannot reject at p<0.05 with fewer than 6 nonzero differences, whatever the data "
+            f"(with {nonzero} its smallest p is {2 / 2 ** nonzero:.2g}). So it cannot for any comparison of this "
+            "table") in table_md
+
+
+def test_a_reference_no_study_ran_is_refused_before_any_table_is_written(tables, tmp_path, monkeypatch):
+    work = tmp_path / "copy"
+    shutil.copytree(tables, work)
+    before = snapshot(work)
+    with pytest.raises(SystemExit, match="--reference adamx: no study here has runs of that optimizer; use one of "
+                                         "the optimizer labels of these studies: adam, dualadam"):
+        make_tables_here("--no-collect", "--reference", "adamx", cwd=work, monkeypatch=monkeypatch)
+    assert snapshot(work) == before
 
 
 def test_a_copied_run_directory_is_listed_as_a_duplicate_not_averaged_twice(run_root, tmp_path, monkeypatch):
