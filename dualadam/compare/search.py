@@ -15,6 +15,7 @@ one batch (``jobs``), and tells each study its trials' final scores. What makes 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,15 +33,16 @@ log = logging.getLogger(__name__)
 def make_sampler(search: dict, trial_number: int) -> BaseSampler:
     """The sampler that draws trial ``trial_number`` (see the module docstring)."""
     if search["sampler"] == "quasi_random":
-        return QMCSampler(qmc_type="sobol", scramble=True, seed=search["seed"])
+        with warnings.catch_warnings():   # "experimental" since Optuna 3.0; its interface is what we use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return QMCSampler(qmc_type="sobol", scramble=True, seed=search["seed"])
     seed = int(np.random.SeedSequence([search["seed"], trial_number]).generate_state(1)[0])
     return TPESampler(seed=seed, n_startup_trials=search.get("n_startup_trials", 10),
                       constant_liar=True)   # only matters when trials are pending (compare.parallel > 1)
 
 
-def open_study(protocol: Protocol, optimizer: str) -> optuna.Study:
-    protocol.folder.mkdir(parents=True, exist_ok=True)
-    return optuna.create_study(study_name=optimizer, storage=protocol.storage, load_if_exists=True,
+def open_study(protocol: Protocol, storage: optuna.storages.BaseStorage, optimizer: str) -> optuna.Study:
+    return optuna.create_study(study_name=optimizer, storage=storage, load_if_exists=True,
                                direction="maximize" if protocol.maximize else "minimize",
                                sampler=make_sampler(protocol.sampler, 0))
 
@@ -56,7 +58,9 @@ class Tuning:
 
     def __post_init__(self):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.studies = {name: open_study(self.protocol, name) for name in self.protocol.optimizers}
+        self.protocol.folder.mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.RDBStorage(self.protocol.storage)   # one connection for every study
+        self.studies = {name: open_study(self.protocol, storage, name) for name in self.protocol.optimizers}
 
     def job(self, optimizer: str, trial: FrozenTrial | optuna.Trial) -> Job:
         values = training_values(self.spaces[optimizer], trial.params, self.total_steps)
