@@ -43,7 +43,8 @@ def protocol_args(root: Path, *extra: str, optimizers: str = "[adam,dualadam]") 
     one of the run's 8 steps, so its fraction starts at 1/8."""
     return [*TINY_RUN, "compare.study=tiny", f"compare.folder={root / 'compare'}",
             f"compare.results={root / 'results'}", SCORE, f"compare.optimizers={optimizers}", "compare.trials=2",
-            "++compare.search_spaces.dualadam.blend_fraction.low=0.125", *extra]
+            *(["++compare.search_spaces.dualadam.blend_fraction.low=0.125"] if "dualadam" in optimizers else []),
+            *extra]
 
 
 # ---------------------------------------------------------------- the search, without training
@@ -219,3 +220,17 @@ def test_compare_killed_mid_trial_resumes_it_and_reruns_no_finished_trial(tmp_pa
     assert (adam_1 / CHECKPOINT_FILE).is_file()
     reference = compare_main(protocol_args(tmp_path / "uninterrupted"))
     assert search_outcome(record) == search_outcome(reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [
+    ("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"),   # the SLURM launcher's local twin
+    ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2"),                # cpu_cifar10_tuned's: 2 side by side
+], ids=["submitit_local", "joblib"])
+def test_compare_runs_its_batches_through_a_hydra_launcher(tmp_path, isolated_wandb, launcher):
+    record = compare_main(protocol_args(tmp_path, "compare.trials=1", *launcher, optimizers="[adam]"))
+    runs = [record["trials"]["adam"][0]["run_dir"], *(c["run_dir"] for c in record["confirmation"]["adam"])]
+    summaries = [read_summary(run) for run in runs]
+    assert all(s["status"] == "completed" for s in summaries)
+    assert os.getpid() not in {s["pid"] for s in summaries}   # trained in the launcher's processes
+    assert (tmp_path / "results" / "tiny" / RUNS_FILE).is_file()
