@@ -99,6 +99,14 @@ def test_search_stopped_between_ask_and_tell_continues_to_the_same_study(tmp_pat
     assert study_contents(resumed) == study_contents(search(tmp_path / "u", f"hparams_search={sampler}"))
 
 
+def test_a_relaunch_with_another_search_space_or_sampler_is_refused(tmp_path):
+    search(tmp_path, "hparams_search=quasi_random", tell_before_kill=3)
+    with pytest.raises(CompareConfigError, match="another search_space"):
+        search(tmp_path, "++compare.search_spaces.adam.lr.high=0.1")
+    with pytest.raises(CompareConfigError, match="another sampler"):
+        search(tmp_path, "hparams_search=tpe")
+
+
 @pytest.mark.parametrize(("override", "key"), [
     ("compare.confirm_seeds=[1,2,3,4]", "compare.confirm_seeds"),
     ("compare.confirm_seeds=[0,1,2,3,4]", "compare.confirm_seeds"),   # the tuning seed

@@ -67,7 +67,12 @@ def main(argv: list[str] | None = None) -> dict:
     from dualadam.train import CONFIG_DIR
 
     logging.basicConfig(level=logging.INFO, format="[compare] %(message)s")
-    protocol, launch = prepare(sys.argv[1:] if argv is None else argv, Path(CONFIG_DIR))
+    try:
+        protocol, launch = prepare(sys.argv[1:] if argv is None else argv, Path(CONFIG_DIR))
+    except CompareConfigError as error:
+        if argv is not None:
+            raise
+        raise SystemExit(f"[compare] {error}") from None
     record = run_protocol(protocol, launch)
     for name, selection in record["selections"].items():
         print(f"[compare] {name}: trial {selection['number']}, {protocol.metric} {selection['score']:.4g}, "

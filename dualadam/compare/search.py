@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dualadam.compare.jobs import Job, Stage
 from dualadam.compare.search_space import Parameter, training_values
-from dualadam.compare.settings import Protocol
+from dualadam.compare.settings import CompareConfigError, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,26 @@ class Tuning:
         self.protocol.folder.mkdir(parents=True, exist_ok=True)
         storage = optuna.storages.RDBStorage(self.protocol.storage)   # one connection for every study
         self.studies = {name: open_study(self.protocol, storage, name) for name in self.protocol.optimizers}
+        for name, study in self.studies.items():
+            self._check_same_setup(name, study)
+
+    def setup(self, optimizer: str) -> dict:
+        """What a study's scores depend on besides the budget: a relaunch must not mix two setups."""
+        return {"sampler": self.protocol.sampler, "metric": self.protocol.metric,
+                "tune_seed": self.protocol.tune_seed, "total_steps": self.total_steps,
+                "search_space": {name: p.describe() for name, p in self.spaces[optimizer].items()},
+                "overrides": list(self.stage.overrides) if self.stage is not None else []}
+
+    def _check_same_setup(self, optimizer: str, study: optuna.Study) -> None:
+        ours, theirs = self.setup(optimizer), study.user_attrs.get("setup")
+        if theirs is None:
+            study.set_user_attr("setup", ours)
+        elif theirs != ours:
+            differing = sorted(key for key in ours if ours[key] != theirs.get(key))
+            raise CompareConfigError(
+                f"{self.protocol.folder / 'search.db'} holds a search of {optimizer} with another "
+                f"{', '.join(differing)} (there: {[theirs.get(k) for k in differing]}). Relaunch with the "
+                "same settings to continue it, or choose a new compare.folder (or compare.study) for a new search")
 
     def job(self, optimizer: str, trial: FrozenTrial | optuna.Trial) -> Job:
         values = training_values(self.spaces[optimizer], trial.params, self.total_steps)
