@@ -17,7 +17,6 @@ from dualadam.compare.jobs import Job, Stage
 from dualadam.compare.search import Tuning
 from dualadam.compare.search_space import Parameter, check_fits_run, load_search_space, training_values
 from dualadam.compare.settings import Protocol
-from dualadam.reporting.results_csv import RUNS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +103,6 @@ def protocol_record(protocol: Protocol, launch: Launch, tuning: Tuning, confirm:
     }
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text() == text:
-        return False
-    atomic_write(path, lambda f: f.write(text.encode()))
-    return True
-
-
 def make_tables(protocol: Protocol, confirm: Stage) -> None:
     """The study's tables from its confirmation runs, by ``scripts/make_tables.py`` itself."""
     spec = importlib.util.spec_from_file_location("make_tables", MAKE_TABLES)
@@ -137,9 +129,11 @@ def run_protocol(protocol: Protocol, launch: Launch) -> dict:
     confirmations = confirmation_jobs(protocol, tuning)
     summaries = confirm.run([job for jobs in confirmations.values() for job in jobs])
     record = protocol_record(protocol, launch, tuning, confirm, confirmations, summaries)
-    changed = write_if_changed(protocol.results / PROTOCOL_FILE, json.dumps(record, indent=2) + "\n")
-    if changed or not (protocol.results / RUNS_FILE).is_file():
-        make_tables(protocol, confirm)
-    else:
-        log.info("report: %s unchanged; tables left as they are", protocol.results / PROTOCOL_FILE)
+    # protocol.json is written last: a launch killed while the tables were written makes them again.
+    path, text = protocol.results / PROTOCOL_FILE, json.dumps(record, indent=2) + "\n"
+    if path.is_file() and path.read_text() == text:
+        log.info("report: %s unchanged; tables left as they are", path)
+        return record
+    make_tables(protocol, confirm)
+    atomic_write(path, lambda f: f.write(text.encode()))
     return record
