@@ -26,9 +26,9 @@ from dualadam.training import metrics as M
 from dualadam.training.checkpoint import restore_rng_states, rng_states
 from dualadam.training.distributed import reduce_totals, wrap_model
 from dualadam.training.guard import Diverged, EvaluationStopped, TrainingGuard
-from dualadam.training.progress_log import describe_row
 from dualadam.training.optimizers import inverse_adam_rate
 from dualadam.training.preemption import Preempted
+from dualadam.training.progress_log import describe_row
 from dualadam.training.runtime import Runtime
 from dualadam.training.tasks import Task
 
