@@ -55,17 +55,16 @@ def optimizer_kwargs(optimizer_cfg) -> dict:
     (``optimizer.kwargs_for``, set by each ``configs/optimizer/*.yaml``), else nothing, so naming another
     optimizer (``optimizer.name=lamb``) runs it with its own defaults instead of DualAdam's ``switch_rate``."""
     kwargs_cfg = optimizer_cfg.get("kwargs")
-    if kwargs_cfg is None:
+    if kwargs_cfg is None or kwargs_for_another(optimizer_cfg):
         return {}
-    kwargs = _as_python(OmegaConf.to_container(kwargs_cfg, resolve=True)
-                        if OmegaConf.is_config(kwargs_cfg) else dict(kwargs_cfg))
+    return _as_python(OmegaConf.to_container(kwargs_cfg, resolve=True)
+                      if OmegaConf.is_config(kwargs_cfg) else dict(kwargs_cfg))
+
+
+def kwargs_for_another(optimizer_cfg) -> bool:
+    """Whether ``optimizer.kwargs`` were written for another optimizer than ``optimizer.name``."""
     written_for = optimizer_cfg.get("kwargs_for")
-    if written_for is not None and written_for != optimizer_cfg.name and kwargs:
-        log.info("optimizer.kwargs (%s) are %s's; optimizer.name=%s runs with its own defaults (set "
-                 "optimizer.kwargs_for=%s to pass kwargs to it)", ", ".join(kwargs), written_for,
-                 optimizer_cfg.name, optimizer_cfg.name)
-        return {}
-    return kwargs
+    return written_for is not None and written_for != optimizer_cfg.name
 
 
 def _as_python(value):
@@ -101,6 +100,10 @@ def fused_kwargs(name: str, setting: bool | str, device: torch.device) -> dict:
 def build_optimizer(optimizer_cfg: DictConfig, model: torch.nn.Module,
                     fused: bool | str = False) -> torch.optim.Optimizer:
     """``fused``: ``trainer.fused_optimizer`` (see ``fused_kwargs``); ``optimizer.kwargs.fused``, if set, wins."""
+    if kwargs_for_another(optimizer_cfg) and optimizer_cfg.get("kwargs"):
+        log.info("optimizer.kwargs (%s) are %s's; optimizer.name=%s runs with its own defaults (set "
+                 "optimizer.kwargs_for=%s to pass kwargs to it)", ", ".join(optimizer_cfg.kwargs),
+                 optimizer_cfg.kwargs_for, optimizer_cfg.name, optimizer_cfg.name)
     device = next(model.parameters()).device
     kwargs = {**fused_kwargs(optimizer_cfg.name, fused, device), **optimizer_kwargs(optimizer_cfg)}
     return timm_optim().create_optimizer_v2(

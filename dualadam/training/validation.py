@@ -133,6 +133,9 @@ def check_optimizer(opt: DictConfig) -> None:
     kwargs = opt.get("kwargs")
     check(kwargs is None or isinstance(kwargs, DictConfig), "optimizer.kwargs", kwargs,
           "a mapping of the optimizer class's arguments, e.g. {betas: [0.9, 0.999]}")
+    for key, value in optimizer_kwargs(opt).items():   # ranges any optimizer agrees on; the rest needs timm
+        if key in KWARG_RANGES or key == "betas":
+            check_kwarg_value(f"optimizer.kwargs.{key}", value, inspect.Parameter.empty)
 
 
 def check_optimizer_kwargs(opt: DictConfig) -> None:
@@ -163,11 +166,15 @@ def check_optimizer_kwargs(opt: DictConfig) -> None:
 
 
 def check_kwarg_value(where: str, value, default) -> None:
+    """``default``: the argument's default in the class's signature (``Parameter.empty``: not known yet)."""
     key = where.rsplit(".", 1)[-1]
-    if key == "betas" and isinstance(default, tuple | list):
-        check(isinstance(value, tuple | list) and len(value) == len(default)
-              and all(_is_number(b) and 0 <= b < 1 for b in value), where, list(value) if isinstance(
-              value, tuple) else value, f"{len(default)} numbers in [0, 1), e.g. {list(default)}")
+    if key == "betas":
+        shown = list(value) if isinstance(value, tuple) else value
+        check(isinstance(value, tuple | list) and all(_is_number(b) and 0 <= b < 1 for b in value), where,
+              shown, "numbers in [0, 1), e.g. [0.9, 0.999]")
+        if isinstance(default, tuple | list):
+            check(len(value) == len(default), where, shown, f"{len(default)} numbers in [0, 1), e.g. "
+                                                           f"{list(default)}")
     elif key in KWARG_RANGES:
         valid, expected = KWARG_RANGES[key]
         check(valid(value), where, value, expected)
