@@ -83,6 +83,7 @@ class WandbLogger:
             self.run = self._init("offline", timeout=budget)
         if self.run is not None:
             self.run_id = self.run.id
+            log.info("W&B: %s run %s, files in %s", self.mode, self.run_id, self.files_dir)
 
     def _init(self, mode: str, timeout: float):
         try:
