@@ -26,7 +26,7 @@ def timm_optim():
     """timm's optimizer module, with dualadam and invadam registered in it."""
     import timm.optim
 
-    from dualadam.optim.timm_registry import register_with_timm
+    from dualadam import register_with_timm  # idempotent; `import dualadam` need not have called it
 
     register_with_timm()
     return timm.optim
