@@ -5,6 +5,8 @@ A thin Hydra wrapper over ``dualadam.training.run.train``; tests call that funct
 
 - A single run that fails exits non-zero. In a multirun (``-m``), a failed job is recorded in its directory
   (``summary.json`` with ``status: failed``, ``error.txt``) and the sweep goes on with the next one.
+- The config is validated before the training machinery (timm's models, torchvision, the LLM stack, W&B) is
+  imported, so ``--help`` and a bad config answer in seconds.
 - After a preemption signal the run saves a checkpoint and its files, then the signal is passed on to the
   handler the process had before (``preemption.redeliver``): submitit's requeues the job, the default one ends
   the process as the signal meant to.
@@ -23,9 +25,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from dualadam.training.preemption import redeliver
-from dualadam.training.run import record_failed_start, train
 from dualadam.training.run_directory import register_resolvers
-from dualadam.training.validation import ConfigError
+from dualadam.training.validation import ConfigError, validate_config
 
 CONFIG_DIR_VARIABLE = "DUALADAM_CONFIG_DIR"
 
@@ -59,11 +60,16 @@ def _in_multirun() -> bool:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
+        validate_config(cfg)
+        from dualadam.training.run import train  # the heavy imports, once the config is known to be good
+
         summary = train(cfg)
     except Exception as error:
         if not _in_multirun():
             raise
         if isinstance(error, ConfigError):
+            from dualadam.training.run import record_failed_start
+
             record_failed_start(cfg)
         log.exception("This sweep job failed; the sweep continues. Its directory: %s", cfg.run_dir)
         return None

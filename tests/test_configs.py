@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf, open_dict
 from dualadam.optim.schedules import inverse_adam_rate as dualadam_alpha
 from dualadam.training.optimizers import build_optimizer, warmup_steps
 from dualadam.training.outputs import config_hash
+from dualadam.training.run import train
 from dualadam.training.runtime import progress_enabled, resolve_runtime
 from dualadam.training.schedulers import TrainingLength, build_lr_scheduler, lr_multiplier
 from dualadam.training.validation import ConfigError, validate_config
@@ -214,12 +216,20 @@ BAD_OVERRIDES = [
     ("+scheduler.warmup=3", "scheduler.warmup"),
     ("logger.mode=sometimes", "logger.mode"),
     ("seed=-1", "seed"),
+    ("optimizer.kwargs.betas=[0.9,1.5]", "optimizer.kwargs.betas"),
+    ("optimizer=sgd optimizer.kwargs.nesterov=maybe", "optimizer.kwargs.nesterov"),
+    ("+optimizer.kwargs.lr=0.1", "optimizer.kwargs.lr"),
+    ("+optimizer.momentum=0.9", "optimizer.momentum"),
+    ("dataset.train_size=0", "dataset.train_size"),
+    ("dataset.augmentation=crop_flop", "dataset.augmentation"),
+    ("model.pretrained=yes", "model.pretrained"),
+    ("logger.init_timeout=0", "logger.init_timeout"),
 ]
 
 
 @pytest.mark.parametrize(("override", "key"), BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
 def test_bad_values_fail_validation_naming_the_key(override, key):
-    cfg = compose_train_config([override])
+    cfg = compose_train_config(override.split())
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(cfg)
 
@@ -237,6 +247,42 @@ def test_unknown_names_list_the_valid_choices(override, valid_example):
         validate_config(cfg)
     message = str(raised.value)
     assert override.split("=")[0] in message and valid_example in message
+
+
+# Issue 13's inputs that got past validation and failed after data and model were built, naming no key.
+LATE_FAILURES = [
+    ("+optimizer.kwargs.swich_rate=1e-4", "optimizer.kwargs.swich_rate is not an argument of optimizer 'dualadam'",
+     "Did you mean optimizer.kwargs.switch_rate?"),
+    ("optimizer=adam +optimizer.kwargs.switch_rate=1e-3",
+     "optimizer.kwargs.switch_rate is not an argument of optimizer 'adam'", "~optimizer.kwargs.switch_rate"),
+    ("optimizer.kwargs.betas=[0.9]", "optimizer.kwargs.betas=[0.9] is invalid", "2 numbers in [0, 1)"),
+    ("optimizer.kwargs.eps=-1", "optimizer.kwargs.eps=-1 is invalid", "a number > 0"),
+    ("dataset.num_classes=0", "dataset.num_classes=0 is invalid", "an integer >= 1"),
+    ("dataset.image_size=0", "dataset.image_size=0 is invalid", "an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "problem", "fix"), LATE_FAILURES, ids=[o for o, _, _ in LATE_FAILURES])
+def test_bad_input_fails_before_any_data_or_model_naming_key_problem_and_fix(make_cfg, overrides, problem, fix):
+    cfg = make_cfg(*overrides.split())
+    with pytest.raises(ConfigError) as raised:
+        train(cfg)
+    assert problem in str(raised.value) and fix in str(raised.value)
+    assert not Path(cfg.run_dir).exists()
+
+
+def test_naming_another_optimizer_runs_it_with_its_own_defaults():
+    """The README's `model=timm model.name=convnext_atto optimizer.name=lamb`: DualAdam's kwargs (the default
+    group's) are not handed to Lamb."""
+    cfg = compose_train_config(["model=timm", "model.name=convnext_atto", "optimizer.name=lamb"], fast=False)
+    validate_config(cfg)
+    optimizer = build_optimizer(cfg.optimizer, tiny_model())
+    reference = type(optimizer)(tiny_model().parameters())
+    assert type(optimizer).__name__ == "Lamb" and "switch_rate" not in optimizer.param_groups[0]
+    assert optimizer.param_groups[0]["eps"] == reference.param_groups[0]["eps"] != 1e-8   # Lamb's, not DualAdam's
+    with_kwargs = compose_train_config(["optimizer.name=lamb", "optimizer.kwargs_for=lamb"])
+    with pytest.raises(ConfigError, match=r"optimizer\.kwargs\.switch_rate is not an argument of optimizer 'lamb'"):
+        validate_config(with_kwargs)
 
 
 def test_unknown_config_choice_is_hydras_error_listing_the_options():

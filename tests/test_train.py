@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from dualadam.training.run import train
 from dualadam.training.validation import ConfigError
 from tests.conftest import CONFIG_DIR, FAST_OVERRIDES, SMALL_SYNTHETIC
 from tests.runs import wandb_records, wandb_summary
+from tests.test_run_behaviour import EPOCH_LINE
 
 OPTIMIZERS = sorted(path.stem for path in (CONFIG_DIR / "optimizer").glob("*.yaml"))
 
@@ -156,6 +158,12 @@ def test_console_script_runs_with_overrides(tmp_path, isolated_wandb):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"outputs in {run_dir}" in result.stdout
     assert len(read_metrics(run_dir)) == 2 and read_summary(run_dir)["status"] == "completed"
+    for said in ((run_dir / "train.log").read_text(), result.stdout):   # what SLURM and nohup users see
+        for epoch in (1, 2):
+            assert len(re.findall(r"- " + EPOCH_LINE.format(epoch=epoch), said)) == 1, said
+        assert re.search(r"final: " + EPOCH_LINE.format(epoch=2), said)
+        assert re.search(r"best by test/acc: " + EPOCH_LINE.format(epoch=r"\d"), said)
+    assert "wandb:" not in result.stdout + result.stderr
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert saved.optimizer.name == "adam" and saved.trainer.epochs == 2
     assert "trainer.epochs=2" in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")

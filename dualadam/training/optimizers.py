@@ -5,25 +5,63 @@ param-group policy. Baselines are torch's or timm's own classes, never re-implem
 
 The ``optimizer`` config: ``name`` (a timm registry name), ``lr``, ``weight_decay``, ``filter_bias_and_bn``
 (timm's no-decay-on-biases-and-norms policy; the authors decayed every parameter), ``kwargs`` (passed to the
-optimizer class), and the warmup keys read by :func:`warmup_steps`.
+optimizer class) with ``kwargs_for`` (the optimizer they were written for, see :func:`optimizer_kwargs`), and
+the warmup keys read by :func:`warmup_steps`.
+
+timm (and through it torchvision) takes seconds to import, so it is imported only when a registry is asked.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dualadam.integrations.timm import register_with_timm
+log = logging.getLogger(__name__)
 
-# timm.optim with dualadam and invadam registered, imported without raising dynamo's recompile limit.
-timm_optim = register_with_timm()
+
+def timm_optim():
+    """timm's optimizer module, with dualadam and invadam registered in it."""
+    from dualadam.integrations.timm import register_with_timm  # idempotent; keeps dynamo's recompile limit
+
+    return register_with_timm()
 
 
 def optimizer_names() -> list[str]:
     """Every name ``optimizer.name`` accepts: timm's registry, which includes dualadam and invadam."""
-    return timm_optim.list_optimizers()
+    return timm_optim().list_optimizers()
+
+
+def optimizer_class(name: str) -> type | None:
+    """The class timm builds for ``name`` (``lookahead_<opt>`` wraps ``<opt>``'s), or None where it cannot be
+    imported here (apex, bitsandbytes)."""
+    timm_optim()
+    from timm.optim._optim_factory import default_registry
+
+    info = default_registry.get_optimizer_info(name.split("_")[-1] if name.startswith("lookahead_") else name)
+    try:
+        return default_registry.get_optimizer_class(info, bind_defaults=False)
+    except (ImportError, AssertionError):
+        return None
+
+
+def optimizer_kwargs(optimizer_cfg) -> dict:
+    """What is passed to the optimizer class: ``optimizer.kwargs`` if they were written for ``optimizer.name``
+    (``optimizer.kwargs_for``, set by each ``configs/optimizer/*.yaml``), else nothing, so naming another
+    optimizer (``optimizer.name=lamb``) runs it with its own defaults instead of DualAdam's ``switch_rate``."""
+    kwargs_cfg = optimizer_cfg.get("kwargs")
+    if kwargs_cfg is None or kwargs_for_another(optimizer_cfg):
+        return {}
+    return _as_python(OmegaConf.to_container(kwargs_cfg, resolve=True)
+                      if OmegaConf.is_config(kwargs_cfg) else dict(kwargs_cfg))
+
+
+def kwargs_for_another(optimizer_cfg) -> bool:
+    """Whether ``optimizer.kwargs`` were written for another optimizer than ``optimizer.name``."""
+    written_for = optimizer_cfg.get("kwargs_for")
+    return written_for is not None and written_for != optimizer_cfg.name
 
 
 def _as_python(value):
@@ -37,8 +75,8 @@ def _as_python(value):
 
 def has_fused_path(name: str) -> bool:
     """Whether the optimizer class registered as ``name`` takes ``fused=`` (torch's Adam/AdamW/SGD, DualAdam)."""
-    opt_class = timm_optim.get_optimizer_info(name).opt_class
-    return not isinstance(opt_class, str) and "fused" in inspect.signature(opt_class).parameters
+    opt_class = optimizer_class(name)
+    return opt_class is not None and "fused" in inspect.signature(opt_class).parameters
 
 
 def fused_kwargs(name: str, setting: bool | str, device: torch.device) -> dict:
@@ -59,11 +97,13 @@ def fused_kwargs(name: str, setting: bool | str, device: torch.device) -> dict:
 def build_optimizer(optimizer_cfg: DictConfig, model: torch.nn.Module,
                     fused: bool | str = False) -> torch.optim.Optimizer:
     """``fused``: ``trainer.fused_optimizer`` (see ``fused_kwargs``); ``optimizer.kwargs.fused``, if set, wins."""
-    kwargs_cfg = optimizer_cfg.get("kwargs")
-    kwargs = _as_python(OmegaConf.to_container(kwargs_cfg, resolve=True)) if kwargs_cfg is not None else {}
+    if kwargs_for_another(optimizer_cfg) and optimizer_cfg.get("kwargs"):
+        log.info("optimizer.kwargs (%s) are %s's; optimizer.name=%s runs with its own defaults (set "
+                 "optimizer.kwargs_for=%s to pass kwargs to it)", ", ".join(optimizer_cfg.kwargs),
+                 optimizer_cfg.kwargs_for, optimizer_cfg.name, optimizer_cfg.name)
     device = next(model.parameters()).device
-    kwargs = {**fused_kwargs(optimizer_cfg.name, fused, device), **kwargs}
-    return timm_optim.create_optimizer_v2(
+    kwargs = {**fused_kwargs(optimizer_cfg.name, fused, device), **optimizer_kwargs(optimizer_cfg)}
+    return timm_optim().create_optimizer_v2(
         model,
         opt=optimizer_cfg.name,
         lr=float(optimizer_cfg.lr),

@@ -7,6 +7,10 @@ A run directory is reused (``run_directory``): a finished run there is skipped, 
 its last checkpoint (``resume``). ``status`` is ``running`` while training, then ``completed``, ``diverged``
 (with ``diverged_at_step``), ``preempted`` (a signal; checkpoint saved, with ``preempted``), ``failed`` or
 ``interrupted`` (Ctrl-C). With several processes (``distributed``), rank 0 alone writes.
+
+``diverged`` also covers an update that left non-finite weights or evaluation losses (``guard``): a run never
+ends ``completed`` with a non-finite final metric, in ``summary.json`` or in W&B, and a relaunched sweep skips
+it as finished. At the end a run prints its status, its final and best rows and its folder.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from dualadam.training.final_analysis import final_sharpness
 from dualadam.training.guard import Diverged, TrainingGuard
 from dualadam.training.optimizers import build_optimizer, warmup_steps
 from dualadam.training.preemption import Preempted, PreemptionFlag
+from dualadam.training.progress_log import describe_ending
 from dualadam.training.resume import Checkpointer
 from dualadam.training.run_directory import CHECKPOINT_FILE, RunLock, RunStart, plan_run_start
 from dualadam.training.runtime import Runtime, progress_enabled, resolve_runtime, seed_everything
@@ -63,8 +68,10 @@ def build_trainer(cfg: DictConfig, runtime: Runtime, sinks=(), *, guard: Trainin
 
 def summarize(cfg: DictConfig, state: TrainState, *, status: str, runtime: Runtime | None,
               wandb: WandbLogger, seconds: float, run_dir: Path, ending: dict | None = None) -> dict:
-    """``ending``: how training stopped (``diverged_at_step``, ``preempted``) and ``replicas_identical``."""
-    ending = {"diverged_at_step": None, "preempted": None, "replicas_identical": None, **(ending or {})}
+    """``ending``: how training stopped (``diverged_at_step``, ``diverged``: what was not finite, ``preempted``)
+    and ``replicas_identical``."""
+    ending = {"diverged_at_step": None, "diverged": None, "preempted": None, "replicas_identical": None,
+              **(ending or {})}
     return {
         "status": status,
         "epochs_completed": state.epochs_completed,
@@ -180,12 +187,13 @@ class Attempt:
             return summary
         if self.state.best is not None:
             self.wandb.update_summary({f"best/{key}": value for key, value in self.state.best.items()})
-        self.wandb.update_summary({"status": self.status, "diverged_at_step": summary["diverged_at_step"]})
+        self.wandb.update_summary({"status": self.status, "diverged_at_step": summary["diverged_at_step"],
+                                   "diverged": summary["diverged"]})
         self.wandb.finish(exit_code=0 if self.status == "completed" else 1)
         self.files.write_summary(summary)
-        log.info("Run %s: %d/%d epochs. Outputs in %s", self.status, self.state.epochs_completed,
-                 self.cfg.trainer.epochs, self.run_dir)
-        print(f"[dualadam] run {self.status}; outputs in {self.run_dir}")
+        for line in describe_ending(summary):
+            log.info(line)
+        print(f"[dualadam] run {self.status}; outputs in {self.run_dir}", flush=True)
         return summary
 
 
@@ -202,6 +210,7 @@ def run_attempt(cfg: DictConfig, run_dir: Path, runtime: Runtime, start: RunStar
                                            "step": stop.step}
         except Diverged as stop:
             attempt.status, attempt.ending["diverged_at_step"] = "diverged", stop.step
+            attempt.ending["diverged"] = f"non-finite {stop.what}"
             log.error("Diverged: %s", stop)
         except KeyboardInterrupt:
             attempt.status = "interrupted"

@@ -75,9 +75,16 @@ class RunInProgress(RuntimeError):
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``<run_dir>/.lock`` while the run is active. The OS drops it when the process
-    dies, even by SIGKILL, so a lock never outlives its run. Where the filesystem has no locks (some network
-    mounts), the run goes on unlocked with a warning."""
+    """An exclusive lock on ``<run_dir>/.lock`` while the run is active.
+
+    It is a POSIX record lock (``fcntl.lockf``), owned by this process alone: forked DataLoader workers do not
+    hold it (an ``flock`` is shared with every forked child, so after a SIGKILL the orphaned workers kept the
+    run locked for seconds). The OS drops it the moment this process dies, even by SIGKILL. POSIX locks do not
+    exclude the owning process itself, so a set of the paths this process holds refuses a second ``RunLock``
+    here too. Where the filesystem has no locks (some network mounts), the run goes on unlocked with a
+    warning."""
+
+    _held_here: set[Path] = set()   # run directories this process has locked
 
     def __init__(self, run_dir: Path, *, enabled: bool = True):
         self.path = Path(run_dir) / LOCK_FILE
@@ -90,25 +97,35 @@ class RunLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = self.path.resolve()
+        if key in RunLock._held_here:
+            raise self._in_progress(f"pid {os.getpid()} on {os.uname().nodename}, this very process")
         self._file = open(self.path, "a+")
         try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
             self._file.seek(0)
             holder = self._file.read().strip() or "unknown"
             self._file.close()
-            raise RunInProgress(f"{self.path.parent} is being trained by another process ({holder}); wait for "
-                                "it to finish, or stop it first") from None
+            self._file = None
+            raise self._in_progress(holder) from None
         except OSError as error:
             log.warning("Could not lock %s (%s); make sure no other process runs this run", self.path, error)
+        RunLock._held_here.add(key)
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
         self._file.flush()
         return self
 
+    def _in_progress(self, holder: str) -> RunInProgress:
+        return RunInProgress(f"{self.path.parent} is being trained by another process ({holder}); wait for it "
+                             "to finish, or stop it first. The lock is the process's own and is freed the moment "
+                             "it dies, so a holder named here is alive (check with `ps -p <pid>` on that host)")
+
     def __exit__(self, *exc) -> None:
         if self._file is not None:
+            RunLock._held_here.discard(self.path.resolve())
             self._file.close()  # releases the lock
             self._file = None
 

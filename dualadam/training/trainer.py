@@ -2,15 +2,18 @@
 
 Everything a resumed run needs is either a torch object with a ``state_dict`` (model, optimizer, scheduler,
 grad scaler) or in ``TrainState``; ``Trainer.end_of_epoch`` hands both to the checkpointer
-(``dualadam.training.resume``). A ``TrainingGuard`` stops the loop on a non-finite loss (``Diverged``, nothing
-saved) or a preemption signal (``Preempted``, after a checkpoint at that very step). With several processes
-the model is trained through ``DistributedDataParallel`` (``dualadam.training.distributed``).
+(``dualadam.training.resume``). A ``TrainingGuard`` stops the loop on a non-finite loss or parameter
+(``Diverged``, nothing saved) or a preemption signal (``Preempted``, after a checkpoint at that very step; a
+signal during an evaluation stops it and checkpoints the end of the epoch's training, so the resumed run
+evaluates again). With several processes the model is trained through ``DistributedDataParallel``
+(``dualadam.training.distributed``). Each epoch's row is logged as one line (``describe_row``).
 """
 
 from __future__ import annotations
 
 import inspect
 import itertools
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,12 +23,16 @@ import torch
 from tqdm.auto import tqdm
 
 from dualadam.training import metrics as M
+from dualadam.training.checkpoint import restore_rng_states, rng_states
 from dualadam.training.distributed import reduce_totals, wrap_model
-from dualadam.training.guard import Diverged, TrainingGuard
+from dualadam.training.guard import Diverged, EvaluationStopped, TrainingGuard
 from dualadam.training.optimizers import inverse_adam_rate
 from dualadam.training.preemption import Preempted
+from dualadam.training.progress_log import describe_row
 from dualadam.training.runtime import Runtime
 from dualadam.training.tasks import Task
+
+log = logging.getLogger(__name__)
 
 
 class EpochSink(Protocol):
@@ -43,6 +50,7 @@ class TrainingPass:
     lr: float        # of the last optimizer step
     seconds: float
     samples: int
+    finished: EpochProgress | None = None  # the epoch after its last batch: a checkpoint if evaluation stops
 
 
 class CheckpointSink(Protocol):
@@ -84,6 +92,8 @@ def epoch_batches(loader, epoch: int, start_batch: int, steps: int) -> Iterator:
     has the skipped batches drawn and dropped, which costs their loading time but no randomness (the order
     and augmentation are pure functions of (seed, epoch)).
     """
+    if start_batch >= steps:  # stopped after the epoch's training, during its evaluation
+        return iter(())
     if start_batch and "start_batch" in inspect.signature(loader.set_epoch).parameters:
         loader.set_epoch(epoch, start_batch=start_batch)
         return itertools.islice(iter(loader), steps - start_batch)
@@ -154,7 +164,9 @@ class Trainer:
                    total=self.epochs, disable=not self.progress, dynamic_ncols=True)
         for epoch in bar:
             row = self.run_epoch(epoch, state.in_epoch)
+            self.guard.check_evaluation(row, self.task.model, self.scheduler.last_epoch)
             state.record(row, self.monitor)
+            log.info(describe_row(row, self.epochs))
             for sink in self.sinks:
                 sink.log_epoch(row)
             self.end_of_epoch(state)
@@ -174,8 +186,12 @@ class Trainer:
     def run_epoch(self, epoch: int, progress: EpochProgress | None = None) -> dict[str, float]:
         """One epoch (``epoch`` is 0-based) and its metrics row, keys as in ``metrics.EPOCH_METRIC_KEYS``."""
         train = self.train_one_epoch(epoch, progress)
-        eval_start = time.perf_counter()
-        evaluated = self.evaluate_splits()
+        eval_start, trained_rng = time.perf_counter(), rng_states()
+        try:
+            evaluated = self.evaluate_splits()
+        except EvaluationStopped:
+            restore_rng_states(trained_rng)  # as it was after training: the resumed run evaluates from there
+            self.stop("preempted", train.finished)
         eval_seconds = time.perf_counter() - eval_start
         train_eval, test = evaluated["train_eval"], evaluated["test"]
         row = {
@@ -221,14 +237,18 @@ class Trainer:
                 self.stop(stop, EpochProgress(epoch, index, totals, lr, time.perf_counter() - start))
         if stop := self.guard.poll(self.scheduler.last_epoch, force=True):
             self.stop(stop, EpochProgress(epoch, index, totals, lr, time.perf_counter() - start))
+        seconds = time.perf_counter() - start
+        finished = EpochProgress(epoch, self.steps_per_epoch, totals, lr, seconds)
         measured = reduce_totals(totals, self.runtime).read()
-        return TrainingPass(loss=measured["loss"], acc=measured["acc"], lr=lr,
-                            seconds=time.perf_counter() - start, samples=totals.count)
+        return TrainingPass(loss=measured["loss"], acc=measured["acc"], lr=lr, seconds=seconds,
+                            samples=totals.count, finished=finished)
 
     def stop(self, reason: str, progress: EpochProgress) -> None:
-        """Raise ``Diverged`` (saving nothing), or checkpoint at ``progress`` and raise ``Preempted``."""
+        """Raise ``Diverged`` (saving nothing), or checkpoint at ``progress`` and raise ``Preempted``; a
+        checkpoint is written only of finite weights (the last update is checked here)."""
         if reason == "diverged":
             raise Diverged(self.guard.diverged_at)
+        self.guard.check_model(self.task.model, self.scheduler.last_epoch)
         self.state.in_epoch = progress
         self.save_checkpoint(self.state)
         raise Preempted(self.guard.signal, self.scheduler.last_epoch)
@@ -251,11 +271,14 @@ class Trainer:
 
     def evaluate_before_training(self) -> dict[str, float]:
         """The untrained (e.g. pretrained, before fine-tuning) model's metrics, keyed like a row:
-        ``{"test/acc": ..., "train_eval/loss": ...}``."""
-        return keyed_by_split(self.evaluate_splits())
+        ``{"test/acc": ..., "train_eval/loss": ...}``. A preemption signal stops it (nothing to save yet)."""
+        try:
+            return keyed_by_split(self.evaluate_splits())
+        except EvaluationStopped:
+            raise Preempted(self.guard.signal, self.scheduler.last_epoch) from None
 
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
         self.eval_model.eval()
         with self.runtime.autocast():
-            return self.task.evaluate(self.eval_model, loader)
+            return self.task.evaluate(self.eval_model, self.guard.watch_evaluation(loader))

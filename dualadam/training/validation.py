@@ -1,6 +1,8 @@
 """Check the whole resolved config once, before anything is built, so a typo fails in a second, not an hour in.
 
-Every error names the config key, the bad value and what would be valid.
+Every error names the config key, the bad value and what would be valid. The checks that need no registry
+run first; the registries (timm's optimizers and models, the datasets, the LLM stack) are imported only for
+the checks that ask them, after every plain value passed, so a bad number answers before timm is imported.
 """
 
 from __future__ import annotations
@@ -13,18 +15,25 @@ from collections.abc import Iterable
 import torch
 from omegaconf import DictConfig
 
-from dualadam.data import DATASET_NAMES
-from dualadam.data.memory import LOADERS
-from dualadam.llm import LLMConfigError, validate_llm_config
-from dualadam.models import unknown_model_problem
 from dualadam.training.metrics import EPOCH_METRIC_KEYS, VALIDATION_METRIC_KEYS, selection_split
-from dualadam.training.optimizers import has_fused_path, optimizer_names
+from dualadam.training.optimizers import has_fused_path, optimizer_class, optimizer_kwargs, optimizer_names
 from dualadam.training.runtime import PRECISIONS
 from dualadam.training.schedulers import SCHEDULES
-from dualadam.training.tasks import TASKS, holds_validation_split
 from dualadam.training.wandb_logger import MODES
 
 AUTO_OR_BOOL = ("auto", True, False)
+TASK_NAMES = ("image_classification", "llm_finetune")   # dualadam.training.tasks.TASKS, without importing them
+OPTIMIZER_KEYS = ("name", "lr", "weight_decay", "filter_bias_and_bn", "warmup_steps", "matched_switch_rate",
+                  "kwargs_for", "kwargs")
+# Optimizer kwargs with a range, whichever optimizer takes them: (valid, what is expected).
+KWARG_RANGES = {
+    "eps": (lambda v: _is_number(v) and v > 0, "a number > 0 (added to a denominator)"),
+    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "dampening": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "switch_rate": (lambda v: _is_number(v) and 0 <= v <= 1,
+                    "a number in [0, 1]; DualAdam's blend lasts 1 / switch_rate steps"),
+}
+SET_AT_TOP = ("lr", "weight_decay")   # optimizer.<key>, never optimizer.kwargs.<key>
 
 
 class ConfigError(ValueError):
@@ -45,16 +54,22 @@ def check(ok: bool, key: str, value, expected: str) -> None:
                           f"e.g. `python -m dualadam.train {key}=<value>`.")
 
 
+def did_you_mean(value: str, choices: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(str(value), list(choices), n=3)
+    return f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+
+
 def check_choice(key: str, value, choices: Iterable[str], what: str) -> None:
     choices = sorted(choices)
     if value in choices:
         return
-    close = difflib.get_close_matches(str(value), choices, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(f"Unknown {what} {key}={value!r}.{hint} Valid choices: {', '.join(choices)}")
+    raise ConfigError(f"Unknown {what} {key}={value!r}.{did_you_mean(value, choices)} Valid choices: "
+                      f"{', '.join(choices)}")
 
 
 def check_model_name(key: str, name: str) -> None:
+    from dualadam.models import unknown_model_problem
+
     problem = unknown_model_problem(name)  # the model registry is the one judge of a model name
     if problem is not None:
         raise ConfigError(f"{key}: {problem}")
@@ -96,8 +111,13 @@ def check_schedule_params(scheduler_cfg: DictConfig) -> None:
               list(sc.milestones), "a list of epoch numbers >= 0")
 
 
-def check_optimizer(opt: DictConfig, names: list[str]) -> None:
-    check_choice("optimizer.name", opt.name, names, "optimizer")
+def check_optimizer(opt: DictConfig) -> None:
+    """The optimizer's plain values; ``check_optimizer_kwargs`` asks timm's registry about its name and kwargs."""
+    for key in opt:
+        if key not in OPTIMIZER_KEYS:
+            raise ConfigError(f"optimizer.{key} is not an optimizer setting.{did_you_mean(key, OPTIMIZER_KEYS)} "
+                              f"Settings: {', '.join(OPTIMIZER_KEYS)}; arguments of the optimizer class go under "
+                              f"optimizer.kwargs (e.g. +optimizer.kwargs.{key}=...)")
     check(_is_number(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "a learning rate > 0")
     check(_is_number(opt.weight_decay) and opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay,
           "a number >= 0")
@@ -110,10 +130,58 @@ def check_optimizer(opt: DictConfig, names: list[str]) -> None:
           matched, "null or a switch rate in (0, 1]; the warmup lasts round(1 / switch_rate) steps")
     check(matched is None or not warmup, "optimizer.warmup_steps", warmup,
           "0 when optimizer.matched_switch_rate is set (it sets the warmup length)")
-    kwargs = opt.get("kwargs") or {}
-    if "switch_rate" in kwargs:
-        check(_is_number(kwargs.switch_rate) and 0 <= kwargs.switch_rate <= 1, "optimizer.kwargs.switch_rate",
-              kwargs.switch_rate, "a number in [0, 1]; DualAdam's blend lasts 1 / switch_rate steps")
+    kwargs = opt.get("kwargs")
+    check(kwargs is None or isinstance(kwargs, DictConfig), "optimizer.kwargs", kwargs,
+          "a mapping of the optimizer class's arguments, e.g. {betas: [0.9, 0.999]}")
+    for key, value in optimizer_kwargs(opt).items():   # ranges any optimizer agrees on; the rest needs timm
+        if key in KWARG_RANGES or key == "betas":
+            check_kwarg_value(f"optimizer.kwargs.{key}", value, inspect.Parameter.empty)
+
+
+def check_optimizer_kwargs(opt: DictConfig) -> None:
+    """Each kwarg passed (``optimizers.optimizer_kwargs``) against the signature of the class timm builds for
+    ``optimizer.name``: an argument it takes, of the type of its default, in range."""
+    check_choice("optimizer.name", opt.name, optimizer_names(), "optimizer")
+    written_for = opt.get("kwargs_for")
+    check(written_for is None or isinstance(written_for, str), "optimizer.kwargs_for", written_for,
+          "the optimizer name optimizer.kwargs were written for (null: whichever optimizer.name names)")
+    opt_class = optimizer_class(opt.name)
+    if opt_class is None:   # apex / bitsandbytes, not importable here: the optimizer itself will say
+        return
+    parameters = inspect.signature(opt_class).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    accepted = [n for n, p in parameters.items() if n != "params" and p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                                                                 p.KEYWORD_ONLY)]
+    for key, value in optimizer_kwargs(opt).items():
+        where = f"optimizer.kwargs.{key}"
+        if key in SET_AT_TOP:
+            raise ConfigError(f"{where} duplicates optimizer.{key}: set optimizer.{key}={value} instead and "
+                              f"remove it (~{where})")
+        if key not in accepted and not takes_any:
+            raise ConfigError(f"{where} is not an argument of optimizer {opt.name!r} ({opt_class.__name__})."
+                              f"{did_you_mean(key, accepted, 'optimizer.kwargs.')} Its arguments: "
+                              f"{', '.join(accepted)}. Remove it with `~{where}`")
+        default = parameters[key].default if key in parameters else inspect.Parameter.empty
+        check_kwarg_value(where, value, default)
+
+
+def check_kwarg_value(where: str, value, default) -> None:
+    """``default``: the argument's default in the class's signature (``Parameter.empty``: not known yet)."""
+    key = where.rsplit(".", 1)[-1]
+    if key == "betas":
+        shown = list(value) if isinstance(value, tuple) else value
+        check(isinstance(value, tuple | list) and all(_is_number(b) and 0 <= b < 1 for b in value), where,
+              shown, "numbers in [0, 1), e.g. [0.9, 0.999]")
+        if isinstance(default, tuple | list):
+            check(len(value) == len(default), where, shown, f"{len(default)} numbers in [0, 1), e.g. "
+                                                           f"{list(default)}")
+    elif key in KWARG_RANGES:
+        valid, expected = KWARG_RANGES[key]
+        check(valid(value), where, value, expected)
+    elif isinstance(default, bool):
+        check(isinstance(value, bool), where, value, "true or false")
+    elif _is_number(default):
+        check(_is_number(value), where, value, f"a number (default {default})")
 
 
 def check_trainer(trainer: DictConfig) -> None:
@@ -139,6 +207,8 @@ def check_trainer(trainer: DictConfig) -> None:
 
 def check_selection(cfg: DictConfig) -> None:
     """With a validation split the best epoch is chosen on it, never on test; without one val/* does not exist."""
+    from dualadam.training.tasks import holds_validation_split  # the task modules: a registry-time import
+
     split, held_out = selection_split(cfg.trainer.monitor), holds_validation_split(cfg)
     check(split != "test" or not held_out, "trainer.monitor", cfg.trainer.monitor,
           "val/acc or val/loss: the data holds a validation split out, so the best epoch is chosen on it")
@@ -153,30 +223,93 @@ def check_analysis(analysis: DictConfig) -> None:
         check(_is_int(analysis[key]) and analysis[key] >= 1, f"analysis.{key}", analysis[key], "an integer >= 1")
 
 
+DATASET_INTS = {"num_classes": 1, "image_size": 1, "train_size": 1, "test_size": 1, "in_chans": 1,
+                "crop_padding": 0, "data_seed": 0}          # key: smallest valid value
+DATASET_OPTIONAL_SIZES = ("train_subset", "test_subset", "train_eval_size")
+DATASET_BOOLS = ("download", "preload")
+
+
+def check_dataset_values(dataset: DictConfig) -> None:
+    """The image datasets' plain values, each where the dataset has it."""
+    for key, least in DATASET_INTS.items():
+        if key in dataset:
+            check(_is_int(dataset[key]) and dataset[key] >= least, f"dataset.{key}", dataset[key],
+                  f"an integer >= {least}")
+    for key in DATASET_OPTIONAL_SIZES:
+        if dataset.get(key) is not None:
+            check(_is_int(dataset[key]) and dataset[key] >= 1, f"dataset.{key}", dataset[key],
+                  "null (all images) or an integer number of images >= 1")
+    val_size = dataset.get("val_size")
+    check(val_size is None or (_is_int(val_size) and val_size >= 1), "dataset.val_size", val_size,
+          "null (no validation split) or a number of training images to hold out, e.g. 5000")
+    for key in DATASET_BOOLS:
+        if key in dataset:
+            check(isinstance(dataset[key], bool), f"dataset.{key}", dataset[key], "true or false")
+    if "noise" in dataset:
+        check(_is_number(dataset.noise) and dataset.noise >= 0, "dataset.noise", dataset.noise, "a number >= 0")
+    if "memory_budget_gb" in dataset:
+        check(_is_number(dataset.memory_budget_gb) and dataset.memory_budget_gb >= 0, "dataset.memory_budget_gb",
+              dataset.memory_budget_gb, "a number of GB >= 0")
+
+
+def check_dataset_choices(dataset: DictConfig) -> None:
+    """Names only the data modules know (they import torchvision and PIL)."""
+    from dualadam.data import DATASET_NAMES
+    from dualadam.data.info import NORMALIZATIONS
+    from dualadam.data.memory import LOADERS
+    from dualadam.data.transforms import AUGMENTATIONS
+
+    check_choice("dataset.name", dataset.name, DATASET_NAMES, "dataset")
+    check_choice("dataset.loader", dataset.get("loader") or "dataloader", LOADERS, "loader")
+    if dataset.get("augmentation") is not None:
+        check_choice("dataset.augmentation", dataset.augmentation, AUGMENTATIONS, "augmentation")
+    if dataset.get("normalization") is not None and dataset.name in NORMALIZATIONS:
+        check_choice("dataset.normalization", dataset.normalization, NORMALIZATIONS[dataset.name], "normalization")
+
+
+def check_model_values(model: DictConfig) -> None:
+    check(isinstance(model.get("pretrained", False), bool), "model.pretrained", model.get("pretrained"),
+          "true or false")
+    kwargs = model.get("kwargs")
+    check(kwargs is None or isinstance(kwargs, DictConfig), "model.kwargs", kwargs,
+          "a mapping of the model constructor's arguments, e.g. {drop_path_rate: 0.1}")
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` for the first problem found."""
+    """Raise ``ConfigError`` for the first problem found: plain values first, then the names that need a
+    registry (datasets, models, optimizers and their arguments, the LLM stack)."""
     check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
-    check_choice("task", cfg.task, TASKS, "task")
-    if cfg.task == "llm_finetune":
+    check_choice("task", cfg.task, TASK_NAMES, "task")
+    image_task = cfg.task != "llm_finetune"
+    if image_task:
+        check_dataset_values(cfg.dataset)
+        check_model_values(cfg.model)
+    check_optimizer(cfg.optimizer)
+    check_choice("scheduler.name", cfg.scheduler.name, SCHEDULES, "scheduler")
+    check_schedule_params(cfg.scheduler)
+    check_trainer(cfg.trainer)
+    check_choice("logger.mode", str(cfg.logger.mode), MODES, "W&B mode")
+    timeout = cfg.logger.get("init_timeout", 15)
+    check(_is_number(timeout) and timeout > 0, "logger.init_timeout", timeout,
+          "seconds > 0 to wait for W&B to start before logging offline")
+    if "analysis" in cfg:
+        check_analysis(cfg.analysis)
+    validate_registered_names(cfg, image_task)
+
+
+def validate_registered_names(cfg: DictConfig, image_task: bool) -> None:
+    if image_task:
+        check_dataset_choices(cfg.dataset)
+        check_model_name("model.name", cfg.model.name)
+    else:
+        from dualadam.llm import LLMConfigError, validate_llm_config
+
         try:
             validate_llm_config(cfg)
         except LLMConfigError as error:
             raise ConfigError(str(error)) from None
-    else:
-        check_choice("dataset.name", cfg.dataset.name, DATASET_NAMES, "dataset")
-        check_choice("dataset.loader", cfg.dataset.get("loader") or "dataloader", LOADERS, "loader")
-        check_model_name("model.name", cfg.model.name)
-        val_size = cfg.dataset.get("val_size")
-        check(val_size is None or (_is_int(val_size) and val_size >= 1), "dataset.val_size", val_size,
-              "null (no validation split) or a number of training images to hold out, e.g. 5000")
-    check_optimizer(cfg.optimizer, optimizer_names())
-    check_choice("scheduler.name", cfg.scheduler.name, SCHEDULES, "scheduler")
-    check_schedule_params(cfg.scheduler)
-    check_trainer(cfg.trainer)
+    check_optimizer_kwargs(cfg.optimizer)
     check_selection(cfg)
     if cfg.trainer.get("fused_optimizer", "auto") is True:
         check(has_fused_path(cfg.optimizer.name), "trainer.fused_optimizer", True,
               f"auto or false: optimizer {cfg.optimizer.name!r} has no fused implementation")
-    check_choice("logger.mode", str(cfg.logger.mode), MODES, "W&B mode")
-    if "analysis" in cfg:
-        check_analysis(cfg.analysis)

@@ -2,7 +2,10 @@
 
 ``logger.mode``: ``online``, ``offline``, ``disabled``, or ``auto`` (online when W&B credentials exist, offline
 otherwise, so a machine without an account or network still records the run). An online start that fails
-falls back to offline. Every later W&B error becomes a warning. W&B's files go to ``<run_dir>/wandb/``.
+falls back to offline within ``logger.init_timeout`` seconds (15 by default; W&B's own wait was 90 s and its
+retries made it longer): a server that cannot even be connected to is found out in a few seconds, before
+``wandb.init`` is tried. Every later W&B error becomes a warning. W&B's files go to ``<run_dir>/wandb/``; its
+console banners are silenced (``silent``): our own log lines say where the run's W&B files are.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import socket
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,6 +32,20 @@ def wandb_credentials_exist() -> bool:
     try:
         return path.is_file() and netrc.netrc(path).authenticators(host) is not None
     except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_host() -> tuple[str, int]:
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    return url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
+
+
+def server_reachable(timeout: float) -> bool:
+    """Whether a TCP connection to the W&B server opens within ``timeout`` seconds (refused: at once)."""
+    try:
+        socket.create_connection(wandb_host(), timeout=timeout).close()
+        return True
+    except OSError:
         return False
 
 
@@ -51,16 +70,22 @@ class WandbLogger:
     def start(self) -> None:
         if self.mode == "disabled":
             return
-        self.run = self._init(self.mode)
+        began = time.monotonic()
+        budget = float(self.cfg.get("init_timeout", 15))
+        if self.mode == "online" and not server_reachable(timeout=min(5.0, budget / 3)):
+            log.warning("W&B: cannot connect to %s:%d", *wandb_host())
+        else:
+            self.run = self._init(self.mode, timeout=max(1.0, budget - (time.monotonic() - began)))
         if self.run is None and self.mode == "online":
             log.warning("W&B: online start failed; logging offline to %s instead (sync later with "
                         "`wandb sync %s/wandb/offline-run-*`)", self.run_dir, self.run_dir)
             self.mode = "offline"
-            self.run = self._init("offline")
+            self.run = self._init("offline", timeout=budget)
         if self.run is not None:
             self.run_id = self.run.id
+            log.info("W&B: %s run %s, files in %s", self.mode, self.run_id, self.files_dir)
 
-    def _init(self, mode: str):
+    def _init(self, mode: str, timeout: float):
         try:
             import wandb
 
@@ -68,7 +93,7 @@ class WandbLogger:
                 mode=mode, dir=str(self.run_dir), id=self.run_id, resume="allow", config=self.config,
                 project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, name=self.cfg.name,
                 tags=list(self.cfg.tags or []), notes=self.cfg.notes, job_type=self.cfg.job_type,
-                settings=wandb.Settings(console=str(self.cfg.console), init_timeout=float(self.cfg.init_timeout)),
+                settings=wandb.Settings(console=str(self.cfg.console), init_timeout=timeout, silent=True),
             )
         except Exception as error:  # W&B must never stop training
             log.warning("W&B: could not start a %s run (%s: %s); training continues without it",
