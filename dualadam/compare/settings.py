@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from dualadam.training.metrics import EPOCH_METRIC_KEYS, HIGHER_IS_BETTER
+from dualadam.training.metrics import EPOCH_METRIC_KEYS, HIGHER_IS_BETTER, VALIDATION_METRIC_KEYS
 from dualadam.training.validation import ConfigError
 
 SAMPLERS = ("quasi_random", "tpe")
@@ -76,9 +76,10 @@ def _check_budget(c: DictConfig) -> None:
 
 
 def _check_metric(metric: str) -> None:
-    if metric not in EPOCH_METRIC_KEYS:
+    recorded = (*EPOCH_METRIC_KEYS, *VALIDATION_METRIC_KEYS)
+    if metric not in recorded:
         raise _fail("compare.metric", metric, "not a metric the trainer records",
-                    f"Choose one of {', '.join(EPOCH_METRIC_KEYS)}")
+                    f"Choose one of {', '.join(recorded)} (val/* needs dataset.val_size)")
 
 
 def _check_sampler(search: DictConfig | None) -> None:
