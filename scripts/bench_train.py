@@ -190,12 +190,16 @@ class Pipelines:
                 labels.to(device, non_blocking=True))
 
 
-def authors_loader(data_root: Path, mean, std, batch_size: int, workers: int, seed: int):
+def authors_loader(data_root: Path, mean, std, batch_size: int, workers: int, seed: int, images: int | None = None):
     """The authors' CIFAR pipeline, over the image files (their copy was torchvision's arrays; here the real
-    CIFAR-10 copy is JPEG, so each sample is also decoded, as any ImageFolder dataset is)."""
+    CIFAR-10 copy is JPEG, so each sample is also decoded, as any ImageFolder dataset is). ``images``: a seeded
+    random subset of that many training images (all of them when None)."""
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                            T.Normalize(mean, std)])
     dataset = torchvision.datasets.ImageFolder(str(data_root / "cifar10" / "train"), transform=transform)
+    if images is not None:
+        keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:images]
+        dataset = torch.utils.data.Subset(dataset, keep.tolist())
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        pin_memory=torch.cuda.is_available(),
                                        generator=torch.Generator().manual_seed(seed))
