@@ -155,7 +155,7 @@ def bench_optim(args) -> dict:
 
 def train(args) -> dict:
     command = python(__file__, "--stage", "train", "--device", args.device, "--out", str(args.out),
-                     *(["--data", str(args.data)] if args.data else []), *(["--quick"] if args.quick else []))
+                     "--size", "quick" if args.quick else "full", *(["--data", str(args.data)] if args.data else []))
     out, ending = run_stage(command, args.timeouts["train"])
     return {**ending, **last_json(out)}
 
@@ -177,9 +177,9 @@ def prepare_data(args, out_dir: Path) -> tuple[Path, str]:
             raise SystemExit(f"--data {source}: expected {source}/cifar10/train/<class>/*.jpg")
         return Path(source), f"CIFAR-10 image folder {source}"
     if source is not None:
-        root = out_dir / "data"
-        if not (root / "cifar10" / "train").is_dir():
-            unpack_image_folder_tarball(Path(source), root / "cifar10")
+        root = out_dir / ("data-quick" if args.quick else "data")
+        if not (root / "cifar10" / "train").is_dir():  # quick: 60 images per class and split are plenty
+            unpack_image_folder_tarball(Path(source), root / "cifar10", per_class=60 if args.quick else None)
         return root, f"CIFAR-10 from {Path(source).name}"
     root = out_dir / "synthetic"
     train, test = (QUICK_IMAGES, 100) if args.quick else (50_000, 10_000)
