@@ -110,3 +110,24 @@ def test_bench_optim_parameter_sets_are_the_models_they_name():
     assert ("layers.29.k_proj.lora_B", (192, 8)) in lora
     groups = bench.resnet18_nine_groups(bench.resnet18_shapes())
     assert len(groups) == 9 and sorted(n for g in groups for n in g["names"]) == sorted(n for n, _ in bench.resnet18_shapes())
+
+
+@pytest.mark.slow
+def test_bench_optim_quick_run_measures_every_comparison_of_a_case(tmp_path):
+    """The script end to end at tiny size (its child processes, the fused path's compile, the JSON, the block):
+    a smoke run whose figures are not checked, only that each comparison has one."""
+    import json
+    import os
+    import subprocess
+
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(REPO / "scripts" / "bench_optim.py"), "--quick", "--cases", "lora",
+                    "--no-compile-probe", "--json", str(out)], check=True, timeout=900, cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    results = json.loads(out.read_text())
+    bench = load_script("bench_optim")
+    assert set(results["cases"]["lora"]["measurements"]) == set(bench.MEASUREMENTS)
+    assert all(m["ratio"] > 0 for m in results["cases"]["lora"]["measurements"].values())
+    steady, _ = (rows for _, rows in markdown_tables(bench.render_block(results)))
+    lora = [row for row in steady if row[0] == bench.CASES["lora"].title]
+    assert len(lora) == 3 and all(row[-1] in ("PASS", "MISS") for row in lora)
