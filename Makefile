@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format bench-optim bench-train demo study-cpu study-llm compare data clean
+.PHONY: help install test test-slow test-all lint format bench-optim bench-train gpu-check demo study-cpu study-llm compare escape data clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-26s\033[0m %s\n", $$1, $$2}'
@@ -37,11 +37,15 @@ format: $(STAMP) ## Format and fix imports with ruff
 	$(VENV)/bin/ruff check --fix dualadam tests scripts experiments
 	$(VENV)/bin/ruff format dualadam tests scripts experiments
 
-bench-optim: $(STAMP) ## Optimizer step time and memory vs torch Adam (foreach and fused), ResNet-18, 1 thread
-	$(PY) scripts/bench_optim.py
+bench-optim: $(STAMP) ## Optimizer step time vs torch Adam (ResNet-18, 9 groups, LoRA) and cold compile -> README block (5-25 min)
+	$(PY) scripts/bench_optim.py --readme README.md
 
-bench-train: $(STAMP) data ## Training images/s: suite's default path vs torchvision DataLoader vs bare loop (~2 min)
-	$(PY) scripts/bench_train.py
+bench-train: $(STAMP) data ## Training images/s: suite's default path vs torchvision DataLoader vs bare loop -> README block (~2 min)
+	$(PY) scripts/bench_train.py --readme README.md
+
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP) ## On a GPU (<= 8 min): CUDA tests, golden parity, bench-optim, a CIFAR-10 epoch -> outputs/gpu_check/, README block
+	$(PY) scripts/gpu_check.py --readme README.md $(GPU_CHECK_ARGS)
 
 escape: $(STAMP) ## Diffusion-theory escape experiment: SGD/Adam/InvAdam/DualAdam vs sharpness, Kramers check (~3 min)
 	$(PY) experiments/escape/run.py --out results/escape --readme experiments/escape/README.md --readme README.md

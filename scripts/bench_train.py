@@ -19,9 +19,11 @@ those paired ratios are reported. "data wait" is the time the step loop spends i
 ``next()``, as a fraction of the pipeline's wall time. (a) is timed from its first batch, so its worker
 start-up (paid once per epoch by the authors) is not counted against it.
 
-    make bench-train                     # or: python scripts/bench_train.py --rounds 7 --steps 12
+    make bench-train                     # full size; rewrites README.md's bench-train block (~2 min)
+    python scripts/bench_train.py --quick --data <root>   # a smoke run of every code path; writes no README
 
-The last line is machine-readable:
+``--readme FILE`` rewrites the ``<!-- bench-train:begin/end -->`` block of FILE (full size only); ``--json``
+keeps every figure. The last line is machine-readable:
     bench-train: vs_bare_loop=<(b)/(c)> data_wait=<fraction of (b)'s time> vs_torchvision_loader=<(b)/(a)>
 """
 
@@ -29,9 +31,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -43,7 +47,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from torchvision import transforms as T
 
+from dualadam.atomic_files import atomic_write
 from dualadam.models import build_model
+from dualadam.reporting.bench_context import bench_context, describe, load_average
+from dualadam.reporting.readme_blocks import rewrite_block
 from dualadam.training.optimizers import build_optimizer
 from dualadam.training.run import build_trainer
 from dualadam.training.runtime import Runtime, resolve_runtime, seed_everything
@@ -51,6 +58,7 @@ from dualadam.training.validation import validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"vs_bare_loop": (">=", 0.95), "data_wait": ("<", 0.05)}
+BLOCK = "bench-train"
 
 
 class TimedLoader:
@@ -182,12 +190,16 @@ class Pipelines:
                 labels.to(device, non_blocking=True))
 
 
-def authors_loader(data_root: Path, mean, std, batch_size: int, workers: int, seed: int):
+def authors_loader(data_root: Path, mean, std, batch_size: int, workers: int, seed: int, images: int | None = None):
     """The authors' CIFAR pipeline, over the image files (their copy was torchvision's arrays; here the real
-    CIFAR-10 copy is JPEG, so each sample is also decoded, as any ImageFolder dataset is)."""
+    CIFAR-10 copy is JPEG, so each sample is also decoded, as any ImageFolder dataset is). ``images``: a seeded
+    random subset of that many training images (all of them when None)."""
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                            T.Normalize(mean, std)])
     dataset = torchvision.datasets.ImageFolder(str(data_root / "cifar10" / "train"), transform=transform)
+    if images is not None:
+        keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:images]
+        dataset = torch.utils.data.Subset(dataset, keep.tolist())
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        pin_memory=torch.cuda.is_available(),
                                        generator=torch.Generator().manual_seed(seed))
@@ -225,59 +237,151 @@ def loader_rates(pipelines: Pipelines, batches: int = 40) -> dict[str, float]:
     return rates
 
 
-def report(results: list[dict], images_per_run: int) -> dict[str, float]:
-    def median_ratio(num: str, den: str) -> float:  # images/s ratio = inverse time ratio
+def summarize(results: list[dict], images_per_run: int) -> dict:
+    """Images/s and data wait of each pipeline (medians over rounds), and the paired ratios between them."""
+    def ratio(num: str, den: str) -> dict:  # images/s ratio = inverse time ratio
         ratios = sorted(r[den][0] / r[num][0] for r in results)
-        print(f"  {num}/{den} per round: quartiles {ratios[len(ratios) // 4]:.3f} .. "
-              f"{ratios[(3 * len(ratios)) // 4]:.3f}")
-        return statistics.median(ratios)
+        return {"median": statistics.median(ratios),
+                "quartiles": [ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]]}
 
-    print(f"{'pipeline':<14}{'images/s':>10}{'data wait':>11}")
-    for name, label in (("torchvision", "(a) torchvision"), ("suite", "(b) suite"), ("bare", "(c) bare loop")):
-        seconds = statistics.median(r[name][0] for r in results)
-        wait = statistics.median(r[name][1] / r[name][0] for r in results)
-        print(f"{label:<14}{images_per_run / seconds:10.0f}{wait:11.1%}")
-    summary = {"vs_bare_loop": median_ratio("suite", "bare"),
-               "data_wait": statistics.median(r["suite"][1] / r["suite"][0] for r in results),
-               "vs_torchvision_loader": median_ratio("suite", "torchvision")}
-    print(f"\n(b)/(a) = {summary['vs_torchvision_loader']:.3f}   (b)/(c) = {summary['vs_bare_loop']:.3f}   "
-          f"(b) data wait = {summary['data_wait']:.2%} of step time")
-    for key, (op, limit) in TARGETS.items():
-        met = summary[key] >= limit if op == ">=" else summary[key] < limit
-        print(f"target {key} {op} {limit}: {summary[key]:.3f}  {'met' if met else 'NOT MET'}")
-    return summary
+    pipelines = {name: {"images_per_s": images_per_run / statistics.median(r[name][0] for r in results),
+                        "data_wait": statistics.median(r[name][1] / r[name][0] for r in results)}
+                 for name in PIPELINES}
+    return {"pipelines": pipelines, "vs_bare_loop": ratio("suite", "bare"),
+            "data_wait": pipelines["suite"]["data_wait"], "vs_torchvision_loader": ratio("suite", "torchvision")}
+
+# ------------------------------------------------------------------------------------------- the block
+
+PIPELINES = {
+    "torchvision": "(a) authors' style: torchvision `ImageFolder`, PIL transforms per sample, DataLoader workers",
+    "suite": "(b) the suite's default: `Trainer.train_one_epoch` with the loader `dataset.loader=auto` picks",
+    "bare": "(c) bare loop on batches already on the device",
+}
+PIPELINE_HEADER = "| pipeline | images/s | waiting for data |"
+RATIO_HEADER = "| | median | per-round quartiles | target | result |"
+RATIOS = {"vs_bare_loop": "(b)/(c)", "data_wait": "data wait, share of (b)'s step time",
+          "vs_torchvision_loader": "(b)/(a)"}
+NOT_MEASURED = "not measured"
 
 
-def main() -> None:
+def met(key: str, value: float) -> str:
+    if key not in TARGETS:
+        return "reported"
+    op, limit = TARGETS[key]
+    return "PASS" if (value >= limit if op == ">=" else value < limit) else "MISS"
+
+
+def pipeline_rows(summary: dict | None) -> list[list[str]]:
+    rows = []
+    for name, label in PIPELINES.items():
+        got = (summary or {}).get("pipelines", {}).get(name)
+        rows.append([label, *([f"{got['images_per_s']:.0f}", f"{got['data_wait']:.1%}"] if got else
+                              [NOT_MEASURED, ""])])
+    return rows
+
+
+def ratio_rows(summary: dict | None) -> list[list[str]]:
+    rows = []
+    for key, label in RATIOS.items():
+        op, limit = TARGETS.get(key, ("", None))
+        target = "" if limit is None else f"{op} {limit:.0%}" if key == "data_wait" else f"{op} {limit}"
+        if summary is None:
+            rows.append([label, NOT_MEASURED, "", target, NOT_MEASURED])
+            continue
+        value = summary[key] if key == "data_wait" else summary[key]["median"]
+        shown = f"**{value:.1%}**" if key == "data_wait" else f"**{value:.3f}**"
+        spread = "" if key == "data_wait" else "{:.3f} .. {:.3f}".format(*summary[key]["quartiles"])
+        rows.append([label, shown, spread, target, met(key, value)])
+    return rows
+
+
+def table(header: str, rows: list[list[str]]) -> str:
+    aligns = ["---" if i == 0 or column.strip() in ("target", "result") else "---:"
+              for i, column in enumerate(header.strip("|").split("|"))]
+    return "\n".join([header, "| " + " | ".join(aligns) + " |", *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def render_block(results: dict | None) -> str:
+    """The README block; ``None`` renders the layout with nothing measured yet."""
+    summary = None if results is None else results["summary"]
+    if results is None:
+        parts = ["Not yet measured by this version of the script: `make bench-train` fills this block."]
+    else:
+        s = results["setup"]
+        parts = [f"Measured {describe(results['context'])}, by `{results['command']}` ({results['mode']}: "
+                 f"{results['rounds']} rounds x {results['steps']} steps per pipeline, interleaved; ratios are "
+                 f"medians of per-round paired ratios). All three pipelines train {s['model']}, {s['optimizer']}, "
+                 f"precision {s['precision']}, batch {s['batch_size']}, on {s['device']}, from {s['data']}; "
+                 f"(a) uses {s['workers']} DataLoader workers, (b) the {s['suite_loader']}."]
+    parts += [table(PIPELINE_HEADER, pipeline_rows(summary)), table(RATIO_HEADER, ratio_rows(summary))]
+    if results is not None:
+        rates = results["loaders_alone"]
+        parts.append(f"The loaders alone, without a model: (a) {rates['torchvision']:,.0f} images/s, (b) "
+                     f"{rates['suite']:,.0f} images/s.")
+    return "\n\n".join(parts) + "\n"
+
+
+def block_layout() -> list[tuple[str, list[tuple[str, ...]]]]:
+    """What a current block holds: each table's header and its rows' first column (the format test reads it)."""
+    return [(PIPELINE_HEADER, [(r[0],) for r in pipeline_rows(None)]),
+            (RATIO_HEADER, [(r[0],) for r in ratio_rows(None)])]
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=25)
-    parser.add_argument("--steps", type=int, default=4, help="training steps per pipeline per round")
+    parser.add_argument("--quick", action="store_true", help="3 rounds x 2 steps: a smoke run, not a measurement")
+    parser.add_argument("--rounds", type=int, default=None, help="default 25 (quick: 3)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per pipeline per round; "
+                        "default 4 (quick: 2)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of (a), the authors' 2")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("DUALADAM_DATA") or "data"),
                         help="data root holding cifar10/train/<class>/*.jpg (`make data` puts it there)")
+    parser.add_argument("--json", type=Path, default=Path("outputs/bench/bench_train.json"))
+    parser.add_argument("--readme", type=Path, default=None, help="rewrite this file's bench-train block")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for all three, e.g. model.kwargs.width=16")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not (args.data / "cifar10" / "train").is_dir():
-        raise SystemExit(f"{args.data.resolve() / 'cifar10' / 'train'} is missing: run `make data` (unpacks the "
-                         "shared CIFAR-10 copy) or pass --data <root>")
+        parser.error(f"{args.data.resolve() / 'cifar10' / 'train'} is missing: run `make data` (unpacks the "
+                     "shared CIFAR-10 copy) or pass --data <root>")
+    if args.readme is not None and args.quick:
+        parser.error("--readme takes a full-size run: drop --quick, or drop --readme")
+    if args.readme is not None and not args.readme.is_file():
+        parser.error(f"--readme {args.readme}: no such file")
+    args.rounds = args.rounds or (3 if args.quick else 25)
+    args.steps = args.steps or (2 if args.quick else 4)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     random.seed(0)
     cfg = suite_config(args.data.resolve(), args.steps, args.batch_size, args.overrides)
     pipelines = Pipelines(cfg, args.data.resolve(), args.steps, args.workers)
-    rt, loader = pipelines.runtime, type(pipelines.suite_loader.loader).__name__
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {rt.device}, precision "
-          f"{rt.precision}, channels_last {rt.channels_last}, compile {rt.compile}, fused optimizer "
-          f"{pipelines.trainer.optimizer.param_groups[0].get('fused')}; model {cfg.model.name} "
-          f"(width {cfg.model.kwargs.width}), optimizer {cfg.optimizer.name}, batch {args.batch_size}; "
-          f"suite loader: {loader}")
-    print(f"{args.rounds} rounds x {args.steps} steps per pipeline; load average {os.getloadavg()[0]:.2f}\n")
-    results = measure(pipelines, args.rounds)
-    summary = report(results, args.steps * args.batch_size)
-    rates = loader_rates(pipelines)
-    print(f"loaders alone, no model: (a) torchvision {rates['torchvision']:.0f} images/s with {args.workers} "
-          f"workers; (b) suite {rates['suite']:.0f} images/s on {pipelines.runtime.device}")
-    print(f"load average at the end {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
-    print("bench-train: " + " ".join(f"{key}={value:.4f}" for key, value in summary.items()))
+    rt = pipelines.runtime
+    results = {"mode": "quick (a smoke run, not a measurement)" if args.quick else "full size",
+               "command": " ".join(["python", "scripts/bench_train.py", *(sys.argv[1:] if argv is None else argv)]),
+               "rounds": args.rounds, "steps": args.steps, "context": bench_context(rt.device),
+               "setup": {"model": f"{cfg.model.name} (width {cfg.model.kwargs.get('width', 'default')})",
+                         "optimizer": cfg.optimizer.name, "precision": rt.precision, "batch_size": args.batch_size,
+                         "device": str(rt.device), "channels_last": rt.channels_last,
+                         "fused_optimizer": pipelines.trainer.optimizer.param_groups[0].get("fused"),
+                         "data": "the real CIFAR-10 copy (JPEG)", "workers": args.workers,
+                         "suite_loader": type(pipelines.suite_loader.loader).__name__}}
+    print(f"bench-train, {results['mode']}: {describe(results['context'])}; {results['setup']}", flush=True)
+    results["summary"] = summarize(measure(pipelines, args.rounds), args.steps * args.batch_size)
+    results["loaders_alone"] = loader_rates(pipelines, batches=3 if args.quick else 40)
+    results["context"]["load_end"] = load_average()
+    print("\n" + render_block(results))
+    atomic_write(args.json, lambda file: file.write((json.dumps(results, indent=1) + "\n").encode()))
+    if args.readme is not None:
+        rewrite_block(args.readme, BLOCK, render_block(results))
+        print(f"rewrote the {BLOCK} block of {args.readme}")
+    summary = results["summary"]
+    print(f"bench-train: vs_bare_loop={summary['vs_bare_loop']['median']:.4f} data_wait={summary['data_wait']:.4f} "
+          f"vs_torchvision_loader={summary['vs_torchvision_loader']['median']:.4f}")
 
 
 if __name__ == "__main__":
