@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from dualadam.optim.functional import (
-    FusedScalars,
+    BlendBuffers,
     StepScalars,
     compiled_blend_step,
     foreach_step,
@@ -148,7 +148,7 @@ class DualAdam(Optimizer):
                         weight_decay=weight_decay, switch_rate=switch_rate, schedule=schedule,
                         bias_correction=bias_correction, maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
-        self._fused_scalars: dict[tuple[torch.device, torch.dtype], FusedScalars] = {}
+        self._kernel_buffers: dict = {}  # per device (fused AdamW step) and per (device, dtype) (blend)
 
     def add_param_group(self, param_group: dict) -> None:
         # One step counter for all groups, as in the reference: a group added later joins at the current count.
@@ -165,7 +165,7 @@ class DualAdam(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_fused_scalars", {})
+        self.__dict__.setdefault("_kernel_buffers", {})
         for group in self.param_groups:
             step = group.setdefault("step", 0)
             if not isinstance(step, Tensor):  # saved before the step became a tensor
@@ -268,19 +268,19 @@ class DualAdam(Optimizer):
         """The one place that picks an implementation for an eager step (see ``functional.py``)."""
         fused, foreach = group["fused"], group["foreach"]
         if s.alpha == 0 and (fused or (fused is None and foreach is None)) and fused_adamw_available(device):
-            fused_adamw_step(*tensors, s, self._scalars_for(device, dtype))  # exactly AdamW now
+            fused_adamw_step(*tensors, s, self._buffer(device, lambda: torch.zeros((), device=device)))
         elif fused:
-            compiled_blend_step(*tensors, s, self._scalars_for(device, dtype))
+            compiled_blend_step(*tensors, s, self._buffer((device, dtype), lambda: BlendBuffers(device, dtype)))
         elif foreach is False:
             reference_step(*tensors, s)
         else:
             foreach_step(*tensors, s)
 
-    def _scalars_for(self, device: torch.device, dtype: torch.dtype) -> FusedScalars:
-        key = (device, dtype)
-        if key not in self._fused_scalars:
-            self._fused_scalars[key] = FusedScalars(device, dtype)
-        return self._fused_scalars[key]
+    def _buffer(self, key, make):
+        """Device tensors the fused kernels reuse from step to step (created on first use)."""
+        if key not in self._kernel_buffers:
+            self._kernel_buffers[key] = make()
+        return self._kernel_buffers[key]
 
 
 class InvAdam(DualAdam):

@@ -132,11 +132,12 @@ def fused_adamw_available(device: torch.device) -> bool:
     return hasattr(torch, "_fused_adamw_") and device.type in ("cpu", "cuda", "mps", "xpu")
 
 
-def fused_adamw_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars, scalars: FusedScalars) -> None:
-    """Exactly the alpha == 0 update. The kernel only reads the step, so one device tensor serves all."""
-    scalars.step.fill_(s.step)
+def fused_adamw_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars, step: Tensor) -> None:
+    """Exactly the alpha == 0 update. ``step``: a float32 0-d tensor on the params' device, refilled here;
+    the kernel only reads it, so one serves every param."""
+    step.fill_(s.step)
     torch._fused_adamw_(
-        params, grads, exp_avgs, exp_avg_sqs, [], [scalars.step] * len(params),
+        params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params),
         lr=s.lr, beta1=s.beta1, beta2=s.beta2, weight_decay=s.weight_decay, eps=s.eps,
         amsgrad=False, maximize=s.maximize,
     )
@@ -175,39 +176,38 @@ def _scalar_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-class FusedScalars:
-    """Reusable 0-d device tensors for one (device, dtype): refilled in place each step, so the compiled
-    kernel sees the same inputs (no recompile) and a CUDA step needs no host-to-device copy of a tensor."""
-
-    NAMES = ("decay", "one_minus_beta1", "beta2", "one_minus_beta2", "inv_sqrt_bc2", "eps", "adam_coef",
-             "inverse_coef")
-
-    def __init__(self, device: torch.device, dtype: torch.dtype):
-        self.values = [torch.zeros((), device=device, dtype=_scalar_dtype(dtype)) for _ in self.NAMES]
-        # The fused AdamW kernel reads (never writes) the step; one float32 0-d tensor serves every param.
-        self.step = torch.zeros((), device=device, dtype=torch.float32)
-
-    def update(self, s: StepScalars) -> list[Tensor]:
-        for tensor, value in zip(self.values, _coefficients(s)):
-            tensor.fill_(value)
-        return self.values
+def blend_chunk(ps, gs, ms, vs, *coefs_and_maximize) -> None:
+    """``blend_one`` over a fixed number of flat tensors: one compiled call updates a chunk of them."""
+    for p, g, m, v in zip(ps, gs, ms, vs):
+        blend_one(p, g, m, v, *coefs_and_maximize)
 
 
+CHUNK = 8  # tensors per compiled call: fewer calls (each costs dynamo's guard checks) against a larger graph
 _compiled_blend_step = None
 _compile_failed = False
 
 
 def _get_compiled_blend_step():
-    # dynamic=True: one graph for every length (dynamo specializes lengths 0 and 1 only), so the number of
-    # graphs depends on dtypes and ``maximize``, never on how many tensors or param groups there are.
+    # Dynamic lengths: one graph serves every length >= 2 (dynamo specializes 0 and 1, so shorter tensors
+    # go the foreach way), and the number of graphs depends on dtypes and ``maximize``, never on how many
+    # tensors, shapes or param groups there are.
     global _compiled_blend_step
     if _compiled_blend_step is None:
-        _compiled_blend_step = torch.compile(blend_one, fullgraph=True, dynamic=True)
+        _compiled_blend_step = torch.compile(blend_chunk, fullgraph=True, dynamic=True)
     return _compiled_blend_step
+
+
+def _no_duck_sizing():
+    # Without duck sizing, equal lengths inside a chunk get no equality guard (a guard per pattern of
+    # equal lengths would mean a graph per pattern). Scoped to our calls: the setting is read when a graph
+    # is traced, and restored on exit.
+    return torch.fx.experimental._config.patch(use_duck_shape=False)
 
 
 def _is_dense(t: Tensor) -> bool:
     """Non-overlapping and dense in some dimension order (contiguous, channels_last, ...)."""
+    if t.is_contiguous():
+        return True
     expected = 1
     for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
         if stride != expected:
@@ -216,35 +216,72 @@ def _is_dense(t: Tensor) -> bool:
     return True
 
 
-def flat_views(p, g, m, v) -> tuple[Tensor, ...] | None:
-    """1-D views of the four tensors' memory, element i of each being the same logical element; None where
-    that cannot be done without a copy (a strided param, or a grad whose layout differs from the param's)."""
-    if all(t.is_contiguous() for t in (p, g, m, v)):
-        return tuple(t.view(-1) for t in (p, g, m, v))
-    if _is_dense(p) and all(t.stride() == p.stride() for t in (g, m, v)):
-        return tuple(t.as_strided((t.numel(),), (1,)) for t in (p, g, m, v))
-    return None
+def _alias_1d(t: Tensor, alias: Tensor | None = None) -> Tensor:
+    # A 1-D alias of t's (dense) memory, made with set_ rather than view: dynamo guards on a view's base,
+    # its rank and sizes, which would cost a graph per rank. Reusing ``alias`` saves an allocation.
+    alias = torch.empty(0, dtype=t.dtype, device=t.device) if alias is None else alias
+    return alias.set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
 
-def compiled_blend_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars, scalars: FusedScalars) -> None:
-    """The blend, one compiled pass per tensor; falls back to ``foreach_step`` where it must."""
+class BlendBuffers:
+    """What the compiled blend reuses for one (device, dtype) from step to step: the 0-d scalars, refilled
+    in place, and per param 1-D aliases of p, m and v (checked still valid each step; the grad's alias is
+    re-pointed each step, since grads are usually new tensors)."""
+
+    NAMES = ("decay", "one_minus_beta1", "beta2", "one_minus_beta2", "inv_sqrt_bc2", "eps", "adam_coef",
+             "inverse_coef")
+
+    def __init__(self, device: torch.device, dtype: torch.dtype):
+        self.scalars = [torch.zeros((), device=device, dtype=_scalar_dtype(dtype)) for _ in self.NAMES]
+        self._aliases: dict[int, tuple] = {}
+        # What unused chunk slots point at: two elements each (a length dynamo does not specialize),
+        # updated harmlessly (v stays >= 0, so d stays finite).
+        self.padding = [tuple(torch.zeros(2, dtype=dtype, device=device) for _ in range(4)) for _ in range(CHUNK)]
+
+    def update(self, s: StepScalars) -> list[Tensor]:
+        for tensor, value in zip(self.scalars, _coefficients(s)):
+            tensor.fill_(value)
+        return self.scalars
+
+    def flat(self, p, g, m, v) -> tuple[Tensor, ...] | None:
+        """1-D aliases of (p, g, m, v), element i of each being the same logical element; None where that
+        needs a copy: a strided param, a grad laid out unlike its param, fewer than 2 elements (dynamo
+        specializes lengths 0 and 1, so those go the foreach way)."""
+        entry = self._aliases.get(id(p))
+        if entry is None or entry[0] is not m or entry[1] is not v or entry[2].data_ptr() != p.data_ptr() \
+                or entry[2].numel() != p.numel():
+            if p.numel() < 2 or not _is_dense(p) or m.stride() != p.stride() or v.stride() != p.stride():
+                return None
+            entry = (m, v, _alias_1d(p), _alias_1d(m), _alias_1d(v), torch.empty(0, dtype=g.dtype, device=g.device))
+            self._aliases[id(p)] = entry
+        if g.stride() != p.stride():
+            return None
+        return entry[2], _alias_1d(g, entry[5]), entry[3], entry[4]
+
+
+def compiled_blend_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars, buffers: BlendBuffers) -> None:
+    """The blend, one compiled pass per chunk of tensors; falls back to ``foreach_step`` where it must."""
     global _compile_failed
-    coefs = scalars.update(s)
-    leftover = []
-    for i, tensors in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
-        if tensors[0].numel() == 0:
-            continue
-        flat = flat_views(*tensors)
-        if flat is None or _compile_failed:
+    coefs = buffers.update(s)
+    flat, leftover = [], []
+    for tensors in zip(params, grads, exp_avgs, exp_avg_sqs):
+        aliases = None if _compile_failed else buffers.flat(*tensors)
+        if aliases is None:
             leftover.append(tensors)
-            continue
-        try:
-            _get_compiled_blend_step()(*flat, *coefs, s.maximize)
-        except Exception as err:  # no C++ compiler, unsupported backend, ...: stay correct, lose speed
-            # Compilation fails before the graph runs, so this tensor has not been touched yet.
-            _compile_failed = True
-            warnings.warn(f"DualAdam(fused=True) could not compile its blend step ({type(err).__name__}: "
-                          f"{err}); using the foreach path instead.", RuntimeWarning, stacklevel=3)
-            leftover.append(tensors)
+        else:
+            flat.append((aliases, tensors))
+    with _no_duck_sizing():
+        for start in range(0, len(flat), CHUNK):
+            chunk = [aliases for aliases, _ in flat[start:start + CHUNK]]
+            chunk += buffers.padding[len(chunk):]
+            try:
+                _get_compiled_blend_step()(*map(list, zip(*chunk)), *coefs, s.maximize)
+            except Exception as err:  # no C++ compiler, unsupported backend, ...: stay correct, lose speed
+                # Compilation fails before the graph runs, so this chunk and those after it are untouched.
+                _compile_failed = True
+                warnings.warn(f"DualAdam(fused=True) could not compile its blend step ({type(err).__name__}: "
+                              f"{err}); using the foreach path instead.", RuntimeWarning, stacklevel=3)
+                leftover.extend(tensors for _, tensors in flat[start:])
+                break
     if leftover:
         foreach_step(*map(list, zip(*leftover)), s)
