@@ -120,8 +120,8 @@ class DualAdam(Optimizer):
             torch's fused AdamW kernel where the device has one.
 
     Each param group carries ``step`` (the global step count, a 0-d float64 tensor saved in ``state_dict``)
-    and ``inverse_adam_rate`` (alpha used by the most recent step, for logging; a float, or a 0-d tensor
-    after a step the caller compiled). With ``bias_correction="per_parameter"`` each parameter's state also
+    and ``inverse_adam_rate`` (alpha used by the most recent step, for logging; a 0-d float64 tensor,
+    read it with ``float()``). With ``bias_correction="per_parameter"`` each parameter's state also
     holds its own ``step``.
     """
 
@@ -146,7 +146,11 @@ class DualAdam(Optimizer):
             lr = lr.squeeze()  # torch keeps a 1-element tensor lr as a 0-d tensor
         defaults = dict(lr=lr, betas=tuple(b.squeeze() if isinstance(b, Tensor) else b for b in betas), eps=eps,
                         weight_decay=weight_decay, switch_rate=switch_rate, schedule=schedule,
-                        bias_correction=bias_correction, maximize=maximize, foreach=foreach, fused=fused)
+                        bias_correction=bias_correction, maximize=maximize, foreach=foreach, fused=fused,
+                        capturable=True)
+        # ``capturable`` is never read here. dynamo's optimizer support sets it to True in every group on the
+        # first compiled step; a group that then changes (a new key, a new value) fails dynamo's guards and
+        # recompiles. True is also honest for a step the caller compiles: it reads no value on the host.
         super().__init__(params, defaults)
         self._kernel_buffers: dict = {}  # per device (fused AdamW step) and per (device, dtype) (blend)
 
@@ -155,7 +159,7 @@ class DualAdam(Optimizer):
         param_group.setdefault("step", _step_tensor(self.global_step if hasattr(self, "param_groups") else 0))
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        group.setdefault("inverse_adam_rate", self._alpha(group, int(group["step"])))
+        self._alpha_as_tensor(group)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Refuses other optimizers' state dicts with a ValueError that says how to go on; loads ours, also
@@ -175,7 +179,14 @@ class DualAdam(Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
-            group.setdefault("inverse_adam_rate", self._alpha(group, int(group["step"])))
+            group["capturable"] = True
+            self._alpha_as_tensor(group)
+
+    def _alpha_as_tensor(self, group: dict) -> None:
+        # A 0-d tensor updated in place: a float that changes every step would recompile a compiled step.
+        alpha = group.get("inverse_adam_rate", self._alpha(group, int(group["step"])))
+        if not isinstance(alpha, Tensor):
+            group["inverse_adam_rate"] = _step_tensor(alpha)
 
     @staticmethod
     def _alpha(group: dict, step: int | Tensor) -> float | Tensor:
@@ -229,31 +240,30 @@ class DualAdam(Optimizer):
             group["step"] += 1
             if group["bias_correction"] == "per_parameter" and steps:
                 torch._foreach_add_(steps, 1.0)
-            if compiling:
-                group["inverse_adam_rate"] = self._alpha(group, group["step"])
-                self._traced_update(group, params, grads, exp_avgs, exp_avg_sqs, steps)
-            else:
-                group["inverse_adam_rate"] = self._alpha(group, int(group["step"]))
-                self._eager_update(group, params, grads, exp_avgs, exp_avg_sqs, steps)
+            # alpha: a 0-d tensor computed in the graph when the caller compiles, else a Python float
+            alpha = self._alpha(group, group["step"] if compiling else int(group["step"]))
+            group["inverse_adam_rate"].fill_(alpha)
+            update = self._traced_update if compiling else self._eager_update
+            update(group, alpha, params, grads, exp_avgs, exp_avg_sqs, steps)
         return loss
 
     @staticmethod
-    def _scalars(group: dict, step, eager: bool) -> StepScalars:
+    def _scalars(group: dict, step, alpha, eager: bool) -> StepScalars:
         # Eager paths take Python floats (the foreach scalar overloads, torch's kernel arguments); a traced
         # step keeps tensors as tensors so that nothing is baked into the graph.
         get = _as_float if eager else (lambda x: x)
         return StepScalars(step=step, lr=get(group["lr"]), beta1=get(group["betas"][0]),
                            beta2=get(group["betas"][1]), eps=get(group["eps"]), weight_decay=group["weight_decay"],
-                           alpha=group["inverse_adam_rate"], maximize=group["maximize"])
+                           alpha=alpha, maximize=group["maximize"])
 
-    def _traced_update(self, group, params, grads, exp_avgs, exp_avg_sqs, steps) -> None:
+    def _traced_update(self, group, alpha, params, grads, exp_avgs, exp_avg_sqs, steps) -> None:
         if group["bias_correction"] == "global":
-            traced_step(params, grads, exp_avgs, exp_avg_sqs, self._scalars(group, group["step"], eager=False))
+            traced_step(params, grads, exp_avgs, exp_avg_sqs, self._scalars(group, group["step"], alpha, eager=False))
             return
         for tensors in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
-            traced_step(*([t] for t in tensors[:4]), self._scalars(group, tensors[4], eager=False))
+            traced_step(*([t] for t in tensors[:4]), self._scalars(group, tensors[4], alpha, eager=False))
 
-    def _eager_update(self, group, params, grads, exp_avgs, exp_avg_sqs, steps) -> None:
+    def _eager_update(self, group, alpha, params, grads, exp_avgs, exp_avg_sqs, steps) -> None:
         # Lists by (device, dtype) for the multi-tensor kernels, and by step count, which differs between
         # parameters only with per-parameter bias correction (and then only for late joiners).
         buckets: dict = defaultdict(lambda: ([], [], [], []))
@@ -262,7 +272,7 @@ class DualAdam(Optimizer):
             for lst, t in zip(buckets[(p.device, p.dtype, counts[id(s)])], (p, g, m, v)):
                 lst.append(t)
         for (device, dtype, count), tensors in buckets.items():
-            self._update(group, tensors, self._scalars(group, count, eager=True), device, dtype)
+            self._update(group, tensors, self._scalars(group, count, alpha, eager=True), device, dtype)
 
     def _update(self, group: dict, tensors, s: StepScalars, device: torch.device, dtype: torch.dtype) -> None:
         """The one place that picks an implementation for an eager step (see ``functional.py``)."""

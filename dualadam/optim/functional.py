@@ -53,11 +53,11 @@ class StepScalars:
 
     @property
     def bias_correction1(self) -> Scalar:
-        return 1.0 - self.beta1**self.step
+        return 1.0 - _power(self.beta1, self.step)
 
     @property
     def bias_correction2(self) -> Scalar:
-        return 1.0 - self.beta2**self.step
+        return 1.0 - _power(self.beta2, self.step)
 
     @property
     def inv_sqrt_bias_correction2(self) -> Scalar:
@@ -77,6 +77,13 @@ class StepScalars:
     @property
     def decay(self) -> Scalar:
         return 1.0 - self.lr * self.weight_decay
+
+
+def _power(base: Scalar, step: int | Tensor) -> Scalar:
+    if isinstance(step, Tensor) and not isinstance(base, Tensor):
+        # Same reason as in traced_step: torch.pow(float, Tensor) would specialize a changing beta.
+        base = torch.zeros_like(step) + base
+    return base**step
 
 
 def reference_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars) -> None:
@@ -164,8 +171,10 @@ def _coefficients(s: StepScalars):
 
 
 def traced_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars) -> None:
-    """The update inside a graph the caller compiles (``s`` holds 0-d tensors): one graph for both phases."""
-    coefs = _coefficients(s)
+    """The update inside a graph the caller compiles (``s.step`` is a 0-d tensor): one graph for both phases.
+    Every coefficient becomes a 0-d tensor: a float hyperparameter that dynamo has made a graph input
+    (one a scheduler changes) would otherwise be specialized again by ops with Scalar arguments."""
+    coefs = [c if isinstance(c, Tensor) else torch.zeros_like(s.step) + c for c in _coefficients(s)]
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
         blend_one(p, g, m, v, *coefs, s.maximize)
 

@@ -8,6 +8,8 @@ decay by default) would load and silently resume a different algorithm. ``check_
 
 from __future__ import annotations
 
+import torch
+
 # Group keys that identify other optimizers (torch.optim's names; pytorch_optimizer's DualAdam flags).
 _FOREIGN_MARKERS = [
     ({"weight_decouple", "fixed_decay"}, "pytorch_optimizer's DualAdam"),
@@ -62,3 +64,36 @@ def _pytorch_optimizer_detail(group: dict) -> str:
 def same_update_as_ours(group: dict) -> bool:
     """pytorch_optimizer's DualAdam follows our update when its weight decay is decoupled and lr-scaled."""
     return group.get("weight_decay", 0) == 0 or (group.get("weight_decouple") and not group.get("fixed_decay"))
+
+
+def load_moments(optimizer, state_dict: dict, step: int | None = None) -> None:
+    """Start a freshly built DualAdam from another Adam-type optimizer's moments (torch Adam/AdamW,
+    pytorch_optimizer's DualAdam): copies ``exp_avg`` and ``exp_avg_sq`` param by param, matching params by
+    position as ``load_state_dict`` does, and sets the global step to ``step`` (default: the saved step
+    count; it sets alpha and the bias corrections). Hyperparameters stay the ones DualAdam was built with.
+    """
+    saved_groups = state_dict["param_groups"]
+    if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise ValueError("load_moments: the saved param groups' sizes differ from the optimizer's; build "
+                         "DualAdam with the same param groups in the same order")
+    saved_steps = []
+    for saved, group in zip(saved_groups, optimizer.param_groups):
+        for index, p in zip(saved["params"], group["params"]):
+            saved_state = state_dict["state"].get(index, {})
+            if "exp_avg" not in saved_state:
+                continue
+            state = optimizer.state[p]
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key] = saved_state[key].detach().to(device=p.device, dtype=p.dtype).clone()
+            if "step" in saved_state:
+                saved_steps.append(int(saved_state["step"]))
+        if "step" in saved:
+            saved_steps.append(int(saved["step"]))
+    count = max(saved_steps, default=0) if step is None else step
+    for group in optimizer.param_groups:
+        group["step"].fill_(count)
+        group["inverse_adam_rate"].fill_(optimizer._alpha(group, count))
+        if group["bias_correction"] == "per_parameter":
+            for p in group["params"]:
+                if "exp_avg" in optimizer.state[p]:
+                    optimizer.state[p]["step"] = torch.tensor(float(count), dtype=torch.float64)
