@@ -237,14 +237,15 @@ class DualAdam(Optimizer):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
             self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, steps)
-            group["step"] += 1
+            group["step"] += 1.0  # a float: an int would cost a dtype conversion (an allocation)
             if group["bias_correction"] == "per_parameter" and steps:
                 torch._foreach_add_(steps, 1.0)
-            # alpha: a 0-d tensor computed in the graph when the caller compiles, else a Python float
-            alpha = self._alpha(group, group["step"] if compiling else int(group["step"]))
+            # The step count: a 0-d tensor in a graph the caller compiles (alpha too), else a Python int.
+            count = group["step"] if compiling else int(group["step"])
+            alpha = self._alpha(group, count)
             group["inverse_adam_rate"].fill_(alpha)
             update = self._traced_update if compiling else self._eager_update
-            update(group, alpha, params, grads, exp_avgs, exp_avg_sqs, steps)
+            update(group, count, alpha, params, grads, exp_avgs, exp_avg_sqs, steps)
         return loss
 
     @staticmethod
@@ -256,18 +257,19 @@ class DualAdam(Optimizer):
                            beta2=get(group["betas"][1]), eps=get(group["eps"]), weight_decay=group["weight_decay"],
                            alpha=alpha, maximize=group["maximize"])
 
-    def _traced_update(self, group, alpha, params, grads, exp_avgs, exp_avg_sqs, steps) -> None:
+    def _traced_update(self, group, count, alpha, params, grads, exp_avgs, exp_avg_sqs, steps) -> None:
         if group["bias_correction"] == "global":
-            traced_step(params, grads, exp_avgs, exp_avg_sqs, self._scalars(group, group["step"], alpha, eager=False))
+            traced_step(params, grads, exp_avgs, exp_avg_sqs, self._scalars(group, count, alpha, eager=False))
             return
         for tensors in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
             traced_step(*([t] for t in tensors[:4]), self._scalars(group, tensors[4], alpha, eager=False))
 
-    def _eager_update(self, group, alpha, params, grads, exp_avgs, exp_avg_sqs, steps) -> None:
+    def _eager_update(self, group, count, alpha, params, grads, exp_avgs, exp_avg_sqs, steps) -> None:
         # Lists by (device, dtype) for the multi-tensor kernels, and by step count, which differs between
         # parameters only with per-parameter bias correction (and then only for late joiners).
         buckets: dict = defaultdict(lambda: ([], [], [], []))
-        counts = {id(s): int(s) for s in steps}  # one read per distinct step tensor
+        counts = {id(group["step"]): count}
+        counts.update((id(s), int(s)) for s in steps if id(s) not in counts)  # one read per step tensor
         for p, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
             for lst, t in zip(buckets[(p.device, p.dtype, counts[id(s)])], (p, g, m, v)):
                 lst.append(t)
