@@ -96,6 +96,25 @@ def _step_tensor(count=0) -> Tensor:
     return torch.tensor(float(count), dtype=torch.float64)
 
 
+class HostStepCounts:
+    """Python-int copies of the 0-d step tensors, so an eager step reads no tensor: a read per step would be
+    a host sync where a step tensor sits on a device, and it is one more dispatch either way. A compiled
+    step advances only the tensors, so it forgets the copies; so does loading a state dict."""
+
+    def __init__(self):
+        self._counts: dict[int, tuple[Tensor, int]] = {}
+
+    def advanced(self, step: Tensor) -> int:
+        """The count of ``step`` just after it was incremented by one."""
+        entry = self._counts.get(id(step))
+        count = entry[1] + 1 if entry is not None and entry[0] is step else int(step)
+        self._counts[id(step)] = (step, count)
+        return count
+
+    def forget(self) -> None:
+        self._counts.clear()
+
+
 def _as_float(x) -> float:
     return x.item() if isinstance(x, Tensor) else x
 
@@ -153,6 +172,7 @@ class DualAdam(Optimizer):
         # recompiles. True is also honest for a step the caller compiles: it reads no value on the host.
         super().__init__(params, defaults)
         self._kernel_buffers: dict = {}  # per device (fused AdamW step) and per (device, dtype) (blend)
+        self._host_counts = HostStepCounts()
 
     def add_param_group(self, param_group: dict) -> None:
         # One step counter for all groups, as in the reference: a group added later joins at the current count.
@@ -170,6 +190,7 @@ class DualAdam(Optimizer):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_kernel_buffers", {})
+        self.__dict__["_host_counts"] = HostStepCounts()
         for group in self.param_groups:
             step = group.setdefault("step", 0)
             if not isinstance(step, Tensor):  # saved before the step became a tensor
@@ -241,7 +262,9 @@ class DualAdam(Optimizer):
             if group["bias_correction"] == "per_parameter" and steps:
                 torch._foreach_add_(steps, 1.0)
             # The step count: a 0-d tensor in a graph the caller compiles (alpha too), else a Python int.
-            count = group["step"] if compiling else int(group["step"])
+            if compiling:
+                self._host_counts.forget()
+            count = group["step"] if compiling else self._host_counts.advanced(group["step"])
             alpha = self._alpha(group, count)
             group["inverse_adam_rate"].fill_(alpha)
             update = self._traced_update if compiling else self._eager_update
@@ -269,7 +292,7 @@ class DualAdam(Optimizer):
         # parameters only with per-parameter bias correction (and then only for late joiners).
         buckets: dict = defaultdict(lambda: ([], [], [], []))
         counts = {id(group["step"]): count}
-        counts.update((id(s), int(s)) for s in steps if id(s) not in counts)  # one read per step tensor
+        counts.update((id(s), self._host_counts.advanced(s)) for s in steps if id(s) not in counts)
         for p, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
             for lst, t in zip(buckets[(p.device, p.dtype, counts[id(s)])], (p, g, m, v)):
                 lst.append(t)

@@ -90,6 +90,7 @@ def load_moments(optimizer, state_dict: dict, step: int | None = None) -> None:
         if "step" in saved:
             saved_steps.append(int(saved["step"]))
     count = max(saved_steps, default=0) if step is None else step
+    optimizer._host_counts.forget()
     for group in optimizer.param_groups:
         group["step"].fill_(count)
         group["inverse_adam_rate"].fill_(optimizer._alpha(group, count))
