@@ -122,3 +122,22 @@ def test_fused_blend_compiles_one_graph_whatever_the_groups_shapes_and_layouts()
     assert counters["stats"]["unique_graphs"] - before <= 1
     for a, b in zip(fused, run(foreach=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_blend_follows_a_param_whose_data_is_replaced():
+    """The fused path caches 1-D aliases of each param's memory; ``p.data = ...`` must not leave it updating
+    the old memory."""
+    def run(**kwargs):
+        g = torch.Generator().manual_seed(1)
+        params = [torch.randn(4, 3, generator=g).requires_grad_(), torch.randn(5, generator=g).requires_grad_()]
+        opt = DualAdam(params, lr=1e-2, switch_rate=0.01, **kwargs)
+        for t in range(4):
+            if t == 2:
+                params[0].data = torch.randn(4, 3, generator=g)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        return params
+
+    for a, b in zip(run(fused=True), run(foreach=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -15,9 +15,10 @@ All of them compute, for one list of tensors at bias-correction step ``t`` with 
 - ``fused_adamw_step``: torch's own one-pass AdamW kernel. Once alpha == 0 the update above *is* AdamW
   (decoupled decay lr * weight_decay, no amsgrad), so the pure-Adam phase needs nothing of ours.
 - ``compiled_blend_step``: one pass over memory for the blend (alpha > 0). A ``torch.compile``d kernel over
-  one flattened 1-D tensor with a dynamic length, called per tensor: its graphs do not depend on the number
-  of tensors, their shapes or the param groups. Every scalar, betas and eps included, arrives as a 0-d
-  tensor, so nothing recompiles as alpha, the bias corrections or a scheduler's lr/momentum move.
+  a chunk of ``CHUNK`` flattened 1-D tensors with dynamic lengths, called per chunk: its graphs do not
+  depend on the number of tensors, their shapes or the param groups. Every scalar, betas and eps included,
+  arrives as a 0-d tensor, so nothing recompiles as alpha, the bias corrections or a scheduler's
+  lr/momentum move.
 - ``traced_step``: what every path runs when the caller compiles ``optimizer.step()`` itself. The scalars
   are 0-d tensors computed in the graph from the step tensor, and the update has no Python branch on alpha
   (``alpha = 0`` makes the inverse term exactly 0), so both phases share one graph.
