@@ -13,7 +13,10 @@ from dualadam import DualAdam
 from tests.golden import SHARED_GOLDEN, SUBSET_FILE, golden_subset, load_runs, max_relative_error, replay
 
 RUNS = load_runs()
-PATHS = {"foreach": dict(foreach=True), "reference": dict(foreach=False), "fused": dict(fused=True)}
+# "default" runs foreach in the blend and torch's fused AdamW kernel after it; "per_parameter" bias-corrects
+# by each parameter's own step count, the same as the global one when every parameter has a grad each step.
+PATHS = {"foreach": dict(foreach=True), "reference": dict(foreach=False), "fused": dict(fused=True), "default": {},
+         "per_parameter": dict(bias_correction="per_parameter")}
 
 
 def make_dualadam(path_kwargs):

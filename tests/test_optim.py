@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dualadam import DualAdam, InvAdam
-from dualadam.optim import MIXING_SCHEDULES, inverse_adam_rate
+from dualadam.optim import MIXING_SCHEDULES, inverse_adam_rate, load_moments
 from tests.golden import load_runs, replay
 from tests.test_golden import PATHS, make_dualadam
 
@@ -71,8 +71,9 @@ def _run_path(kwargs, dtype, steps=30, **hyper):
     return [p.detach().double() for p in params], params
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.15), (torch.float16, 0.03)])
-@pytest.mark.parametrize("path", ["foreach", "fused"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 0.15),
+                                       (torch.float16, 0.03)])
+@pytest.mark.parametrize("path", ["foreach", "fused", "default", "per_parameter"])
 def test_fast_paths_agree_with_reference_in_low_precision(path, dtype, tol):
     """30 steps across the hand-over (step 20). The paths round in different places, so they agree to a
     fraction of the distance travelled that reflects the dtype's precision (bf16: 8 mantissa bits)."""
@@ -320,3 +321,164 @@ def test_fused_falls_back_to_foreach_when_compilation_is_impossible(monkeypatch)
     foreach, _ = _run_path(dict(foreach=True), torch.float64)
     for a, b in zip(fused, foreach):
         assert torch.equal(a, b)
+
+
+def test_state_dict_saved_before_the_step_became_a_tensor_loads_and_continues_bit_for_bit():
+    """The earlier format: ``step`` an int, ``inverse_adam_rate`` a float, no bias_correction/capturable."""
+    make = make_dualadam({})
+    straight = replay(GOLDEN_RUN, make)
+
+    def reload_old_format(t, opt, params):
+        if t == 50:
+            state = opt.state_dict()
+            for group in state["param_groups"]:
+                group["step"] = int(group["step"])
+                group["inverse_adam_rate"] = float(group["inverse_adam_rate"])
+                del group["bias_correction"], group["capturable"]
+            fresh = DualAdam([dict(g, params=[params[i] for i in idx]) for g, idx in
+                              zip(opt.param_groups, _group_indices(opt, params))])
+            fresh.load_state_dict(state)
+            assert fresh.global_step == 50 and fresh.param_groups[0]["bias_correction"] == "global"
+            return fresh
+
+    resumed = replay(GOLDEN_RUN, make, on_step=reload_old_format)
+    for t in straight:
+        for a, b in zip(straight[t], resumed[t]):
+            assert torch.equal(a, b), f"step {t} differs after reloading an old-format state dict"
+
+
+def _trained_state_dict(optimizer_cls, **kwargs) -> dict:
+    p = torch.ones(3, requires_grad=True)
+    opt = optimizer_cls([p], **kwargs)
+    p.grad = torch.ones(3)
+    opt.step()
+    return opt.state_dict()
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda: _trained_state_dict(torch.optim.Adam, lr=1e-3), "torch.optim.Adam/AdamW"),
+    (lambda: _trained_state_dict(torch.optim.AdamW, lr=1e-3), "torch.optim.Adam/AdamW"),
+    (lambda: _trained_state_dict(torch.optim.SGD, lr=1e-3, momentum=0.9), "torch.optim.SGD"),
+    (lambda: _trained_state_dict(torch.optim.RMSprop, lr=1e-3), "torch.optim.RMSprop"),
+])
+def test_other_optimizers_state_dicts_are_refused_with_a_way_forward(make, needle):
+    opt = DualAdam([torch.ones(3, requires_grad=True)])
+    with pytest.raises(ValueError) as info:
+        opt.load_state_dict(make())
+    message = str(info.value)
+    assert needle in message and "load_moments" in message and "do not call load_state_dict" in message
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(weight_decay=0.1), "weight_decouple=False"),  # its default: coupled weight decay
+    (dict(weight_decay=0.1, weight_decouple=True, fixed_decay=True), "fixed_decay=True"),
+    (dict(weight_decay=0.1, weight_decouple=True), "give our update"),
+])
+def test_pytorch_optimizers_dualadam_state_dict_is_refused_not_silently_resumed(kwargs, needle):
+    from pytorch_optimizer import DualAdam as OtherDualAdam
+
+    state = _trained_state_dict(OtherDualAdam, lr=1e-3, **kwargs)
+    opt = DualAdam([torch.ones(3, requires_grad=True)], weight_decay=0.1)
+    with pytest.raises(ValueError, match="pytorch_optimizer's DualAdam") as info:
+        opt.load_state_dict(state)
+    assert needle in str(info.value)
+
+
+def test_load_moments_continues_from_torch_adams_moments_and_step():
+    """After the hand-over DualAdam is AdamW: continuing from AdamW's moments and step is AdamW's own run."""
+    params, grads = _random_problem(torch.float64)
+    a = [p.clone().requires_grad_() for p in params]
+    b = [p.clone().requires_grad_() for p in params]
+    adamw = torch.optim.AdamW(a, lr=1e-2, weight_decay=0.1)
+    for t in range(10):
+        for p, g in zip(a, grads[t]):
+            p.grad = g.clone()
+        adamw.step()
+    with torch.no_grad():
+        for p, q in zip(a, b):
+            q.copy_(p)
+    dual = DualAdam(b, lr=1e-2, weight_decay=0.1, switch_rate=1.0)
+    load_moments(dual, adamw.state_dict())
+    assert dual.global_step == 10
+    for t in range(10, 20):
+        for p, q, g in zip(a, b, grads[t]):
+            p.grad, q.grad = g.clone(), g.clone()
+        adamw.step()
+        dual.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_tensor_lr_follows_torchs_checks_and_messages():
+    p = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+        DualAdam([p], lr=torch.tensor([1e-3, 1e-3]))
+    with pytest.raises(ValueError, match="Tensor lr must be 1-element"):
+        torch.optim.Adam([p], lr=torch.tensor([1e-3, 1e-3]))
+    with pytest.raises(ValueError, match="lr as a Tensor is not supported for capturable=False and foreach=True"):
+        DualAdam([p], lr=torch.tensor(1e-3), foreach=True)
+    with pytest.raises(ValueError, match="betas must be either both floats or both Tensors"):
+        DualAdam([p], betas=(torch.tensor(0.9), 0.999))
+
+
+@pytest.mark.parametrize("path", ["reference", "fused", "default"])
+def test_tensor_lr_gives_the_float_lr_trajectory_and_follows_a_scheduler(path):
+    def run(lr):
+        params, grads = _random_problem(torch.float64)
+        params = [p.clone().requires_grad_() for p in params]
+        opt = DualAdam(params, lr=lr, switch_rate=0.1, **PATHS[path])
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+        for t in range(15):
+            for p, g in zip(params, grads[t]):
+                p.grad = g.clone()
+            opt.step()
+            sched.step()
+        return params
+
+    for a, b in zip(run(1e-2), run(torch.tensor([1e-2], dtype=torch.float64))):
+        assert torch.equal(a, b)
+
+
+def _late_joiner_first_step(optimizer_cls, steps_before: int, **kwargs) -> torch.Tensor:
+    """A param that gets its first gradient after ``steps_before`` steps of another param; its first move."""
+    early = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    late = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = optimizer_cls([early, late], lr=0.1, **kwargs)
+    for _ in range(steps_before):
+        early.grad = torch.ones(3, dtype=torch.float64)
+        opt.step()
+    early.grad = torch.ones(3, dtype=torch.float64)
+    late.grad = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    opt.step()
+    return late.detach().clone()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_per_parameter_bias_correction_gives_a_late_joiner_adams_first_step(path):
+    """switch_rate=1: pure Adam from the first step, so a late joiner's first step must be torch Adam's."""
+    adam = _late_joiner_first_step(torch.optim.Adam, 200)
+    ours = _late_joiner_first_step(DualAdam, 200, switch_rate=1.0, **{**PATHS[path], "bias_correction": "per_parameter"})
+    torch.testing.assert_close(ours, adam, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ours.abs(), torch.full((3,), 0.1, dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_global_bias_correction_keeps_the_references_large_first_step_for_a_late_joiner():
+    """The default (the authors' behaviour): moments from zero, bias corrections of the global step 3001,
+    so the first step is (1 - beta1) / sqrt(1 - beta2) ~ 3.16x lr once the corrections are near 1."""
+    ours = _late_joiner_first_step(DualAdam, 3000, switch_rate=1.0)
+    expected = 0.1 * (1 - 0.9) / (1 - 0.9**3001) / math.sqrt((1 - 0.999) / (1 - 0.999**3001))
+    torch.testing.assert_close(ours.abs(), torch.full((3,), expected, dtype=torch.float64), rtol=1e-6, atol=0)
+    assert ours.abs().max() > 3 * 0.1
+
+
+def test_late_param_group_is_bias_corrected_by_its_own_steps_but_shares_alpha():
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+    opt = DualAdam([a], lr=1e-3, switch_rate=0.1, bias_correction="per_parameter")
+    for _ in range(3):
+        a.grad = torch.ones(2)
+        opt.step()
+    opt.add_param_group({"params": [b]})
+    a.grad, b.grad = torch.ones(2), torch.ones(2)
+    opt.step()
+    assert int(opt.state[a]["step"]) == 4 and int(opt.state[b]["step"]) == 1
+    assert float(opt.param_groups[1]["inverse_adam_rate"]) == float(opt.param_groups[0]["inverse_adam_rate"])

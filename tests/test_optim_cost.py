@@ -22,14 +22,21 @@ def _optimizer(num_tensors: int, switch_rate: float, **kwargs) -> tuple[DualAdam
     return opt, sum(p.numel() * p.element_size() for p in params)
 
 
+def _foreach_ops(cost) -> int:
+    return sum(name.startswith("aten::_foreach") for name in cost.op_names)
+
+
 @pytest.mark.parametrize("switch_rate,ops", [(BLEND, 8), (ADAM, 7)])
 def test_foreach_issues_a_fixed_number_of_ops_whatever_the_tensor_count(switch_rate, ops):
+    costs = []
     for n in (3, 30):
         opt, param_bytes = _optimizer(n, switch_rate, foreach=True)
         cost = measure_step(opt.step)
-        assert cost.aten_ops == ops
+        costs.append(cost.op_names)
+        assert _foreach_ops(cost) == ops
         # its only model-sized temporary is the denominator sqrt(v_hat) + eps (plus bookkeeping bytes)
         assert param_bytes <= cost.bytes_allocated < 1.05 * param_bytes
+    assert costs[0] == costs[1], "bookkeeping (step count, alpha) must not grow with the tensor count"
 
 
 @pytest.mark.parametrize("switch_rate", [BLEND, ADAM])
@@ -43,3 +50,22 @@ def test_reference_path_costs_grow_with_tensor_count():
     opt, param_bytes = _optimizer(30, BLEND, foreach=False)
     cost = measure_step(opt.step)
     assert cost.aten_ops >= 30 * 10 and cost.bytes_allocated >= 5 * param_bytes
+
+
+def test_default_path_hands_over_to_torchs_fused_adamw_kernel():
+    """After the hand-over the update is AdamW: one torch kernel, no temporaries (foreach=None, fused=None)."""
+    opt, _ = _optimizer(30, ADAM)
+    cost = measure_step(opt.step)
+    assert "aten::_fused_adamw_" in cost.op_names and _foreach_ops(cost) == 0
+    assert cost.bytes_allocated == 0
+
+
+def test_default_path_blends_on_foreach():
+    opt, _ = _optimizer(30, BLEND)
+    assert _foreach_ops(measure_step(opt.step)) == 8
+
+
+def test_foreach_maximize_keeps_one_param_sized_temporary_like_torch():
+    opt, param_bytes = _optimizer(30, BLEND, foreach=True, maximize=True)
+    cost = measure_step(opt.step)
+    assert param_bytes <= cost.bytes_allocated < 1.05 * param_bytes

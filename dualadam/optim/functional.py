@@ -1,6 +1,7 @@
-"""The DualAdam update on lists of tensors, in three interchangeable implementations.
+"""The DualAdam update on lists of tensors, in interchangeable implementations.
 
-All three compute, for one param group at global step ``t`` with mixing weight ``alpha`` (already cut off):
+All of them compute, for one list of tensors at bias-correction step ``t`` with mixing weight ``alpha``
+(already cut off):
 
     m <- beta1 * m + (1 - beta1) * g
     v <- beta2 * v + (1 - beta2) * g^2
@@ -9,11 +10,20 @@ All three compute, for one param group at global step ``t`` with mixing weight `
     p <- p - lr * ((1 - alpha) * m_hat / d + alpha * m_hat * d),   m_hat = m / (1 - beta1^t)
 
 - ``reference_step``: one tensor at a time, the authors' op sequence verbatim. Slow, obviously faithful;
-  the other two are held equal to it by the tests.
+  the others are held equal to it by the tests.
 - ``foreach_step``: ``torch._foreach_*`` over the whole list, about eight multi-tensor ops a step.
-- ``fused_step``: one pass over memory. Blend phase: a ``torch.compile``d list step whose per-step scalars are
-  0-d tensors (so nothing recompiles as alpha and the bias corrections move). Pure-Adam phase
-  (alpha == 0): torch's own fused AdamW kernel, which is exactly this update there.
+- ``fused_adamw_step``: torch's own one-pass AdamW kernel. Once alpha == 0 the update above *is* AdamW
+  (decoupled decay lr * weight_decay, no amsgrad), so the pure-Adam phase needs nothing of ours.
+- ``compiled_blend_step``: one pass over memory for the blend (alpha > 0). A ``torch.compile``d kernel over
+  a chunk of ``CHUNK`` flattened 1-D tensors with dynamic lengths, called per chunk: its graphs do not
+  depend on the number of tensors, their shapes or the param groups. Every scalar, betas and eps included,
+  arrives as a 0-d tensor, so nothing recompiles as alpha, the bias corrections or a scheduler's
+  lr/momentum move.
+- ``traced_step``: what every path runs when the caller compiles ``optimizer.step()`` itself. The scalars
+  are 0-d tensors computed in the graph from the step tensor, and the update has no Python branch on alpha
+  (``alpha = 0`` makes the inverse term exactly 0), so both phases share one graph.
+
+``DualAdam._update`` is the one place that picks among them.
 """
 
 from __future__ import annotations
@@ -25,41 +35,56 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+Scalar = float | Tensor  # Python floats in eager mode; 0-d tensors inside a graph the caller compiles
+
 
 @dataclass(frozen=True)
 class StepScalars:
-    """Host-side scalars for one step of one param group. ``alpha`` is the inverse-Adam weight."""
+    """The scalars of one step for one list of tensors. ``step`` is the bias-correction step count and
+    ``alpha`` the inverse-Adam weight. Every derived coefficient works on floats and on 0-d tensors."""
 
-    step: int
-    lr: float
-    beta1: float
-    beta2: float
-    eps: float
+    step: int | Tensor
+    lr: Scalar
+    beta1: Scalar
+    beta2: Scalar
+    eps: Scalar
     weight_decay: float
-    alpha: float
+    alpha: Scalar
     maximize: bool
 
     @property
-    def bias_correction1(self) -> float:
-        return 1.0 - self.beta1**self.step
+    def bias_correction1(self) -> Scalar:
+        return 1.0 - _power(self.beta1, self.step)
 
     @property
-    def bias_correction2(self) -> float:
-        return 1.0 - self.beta2**self.step
+    def bias_correction2(self) -> Scalar:
+        return 1.0 - _power(self.beta2, self.step)
 
     @property
-    def adam_coef(self) -> float:
+    def inv_sqrt_bias_correction2(self) -> Scalar:
+        bc2 = self.bias_correction2
+        return torch.rsqrt(bc2) if isinstance(bc2, Tensor) else 1.0 / math.sqrt(bc2)
+
+    @property
+    def adam_coef(self) -> Scalar:
         """Multiplies m / d in the update: -lr * (1 - alpha) / bc1."""
         return -self.lr * (1.0 - self.alpha) / self.bias_correction1
 
     @property
-    def inverse_coef(self) -> float:
+    def inverse_coef(self) -> Scalar:
         """Multiplies m * d in the update: -lr * alpha / bc1."""
         return -self.lr * self.alpha / self.bias_correction1
 
     @property
-    def decay(self) -> float:
+    def decay(self) -> Scalar:
         return 1.0 - self.lr * self.weight_decay
+
+
+def _power(base: Scalar, step: int | Tensor) -> Scalar:
+    if isinstance(step, Tensor) and not isinstance(base, Tensor):
+        # Same reason as in traced_step: torch.pow(float, Tensor) would specialize a changing beta.
+        base = torch.zeros_like(step) + base
+    return base**step
 
 
 def reference_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars) -> None:
@@ -83,14 +108,20 @@ def reference_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars) -> None
 
 
 def foreach_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars) -> None:
-    """Multi-tensor update. Every scalar is one Python float because DualAdam's step count is global."""
-    if s.maximize:
-        grads = torch._foreach_neg(grads)
+    """Multi-tensor update. Every scalar is one Python float because the lists share one step count.
+    Its only param-sized temporary is the denominator ``d``."""
     if s.weight_decay != 0:
         torch._foreach_mul_(params, s.decay)
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - s.beta1)
+    if s.maximize:
+        # m <- lerp(m, -g, w) without a negated copy of the grads: -lerp(-m, g, w) is the same value,
+        # bit for bit (negation is exact and lerp rounds symmetrically).
+        torch._foreach_neg_(exp_avgs)
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - s.beta1)
+        torch._foreach_neg_(exp_avgs)
+    else:
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - s.beta1)
     torch._foreach_mul_(exp_avg_sqs, s.beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - s.beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - s.beta2)  # g^2: the sign is irrelevant
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, math.sqrt(s.bias_correction2))
     torch._foreach_add_(denom, s.eps)
@@ -101,37 +132,52 @@ def foreach_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# fused: compiled blend + torch's fused AdamW kernel after the hand-over
+# torch's fused AdamW kernel: the whole update once alpha == 0
 
 
-def _blend_step_eager(params, grads, exp_avgs, exp_avg_sqs, decay: Tensor, adam_coef: Tensor,
-                      inverse_coef: Tensor, inv_sqrt_bc2: Tensor, beta1: float, beta2: float, eps: float,
-                      maximize: bool) -> None:
-    # Scalars that change every step arrive as 0-d tensors so the graph never recompiles; beta/eps are
-    # per-group constants and may be baked in. Inductor turns each tensor's body into one loop.
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
-        if maximize:
-            g = -g
-        m.lerp_(g, 1.0 - beta1)
-        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        d = v.sqrt() * inv_sqrt_bc2 + eps
-        p.mul_(decay).add_(adam_coef * m / d + inverse_coef * m * d)
-
-
-_compiled_blend_step = None
-_compile_failed = False
-
-
-def _get_compiled_blend_step():
-    global _compiled_blend_step
-    if _compiled_blend_step is None:
-        _compiled_blend_step = torch.compile(_blend_step_eager, fullgraph=True, dynamic=False)
-    return _compiled_blend_step
-
-
-def fused_kernel_available(device: torch.device) -> bool:
+def fused_adamw_available(device: torch.device) -> bool:
     """torch's fused AdamW kernel: private but stable since 2.0 (CUDA) and 2.4 (CPU); used by torch.optim."""
     return hasattr(torch, "_fused_adamw_") and device.type in ("cpu", "cuda", "mps", "xpu")
+
+
+def fused_adamw_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars, step: Tensor) -> None:
+    """Exactly the alpha == 0 update. ``step``: a float32 0-d tensor on the params' device, refilled here;
+    the kernel only reads it, so one serves every param."""
+    step.fill_(s.step)
+    torch._fused_adamw_(
+        params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params),
+        lr=s.lr, beta1=s.beta1, beta2=s.beta2, weight_decay=s.weight_decay, eps=s.eps,
+        amsgrad=False, maximize=s.maximize,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the blend as one pass over each tensor: eager body, compiled per flattened tensor or traced by the caller
+
+
+def blend_one(p, g, m, v, decay, one_minus_beta1, beta2, one_minus_beta2, inv_sqrt_bc2, eps, adam_coef,
+              inverse_coef, maximize: bool) -> None:
+    """One tensor's update with every scalar a 0-d tensor (or a float), and no branch on alpha."""
+    if maximize:
+        g = -g
+    m.lerp_(g, one_minus_beta1)
+    v.mul_(beta2).add_(one_minus_beta2 * g * g)
+    d = v.sqrt() * inv_sqrt_bc2 + eps
+    p.mul_(decay).add_(adam_coef * m / d + inverse_coef * m * d)
+
+
+def _coefficients(s: StepScalars):
+    return (s.decay, 1.0 - s.beta1, s.beta2, 1.0 - s.beta2, s.inv_sqrt_bias_correction2, s.eps, s.adam_coef,
+            s.inverse_coef)
+
+
+def traced_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars) -> None:
+    """The update inside a graph the caller compiles (``s.step`` is a 0-d tensor): one graph for both phases.
+    Every coefficient becomes a 0-d tensor: a float hyperparameter that dynamo has made a graph input
+    (one a scheduler changes) would otherwise be specialized again by ops with Scalar arguments."""
+    coefs = [c if isinstance(c, Tensor) else torch.zeros_like(s.step) + c for c in _coefficients(s)]
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        blend_one(p, g, m, v, *coefs, s.maximize)
 
 
 def _scalar_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -140,48 +186,112 @@ def _scalar_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-class FusedScalars:
-    """Reusable 0-d device tensors for one (device, dtype): updated in place with ``fill_`` each step."""
+def blend_chunk(ps, gs, ms, vs, *coefs_and_maximize) -> None:
+    """``blend_one`` over a fixed number of flat tensors: one compiled call updates a chunk of them."""
+    for p, g, m, v in zip(ps, gs, ms, vs):
+        blend_one(p, g, m, v, *coefs_and_maximize)
+
+
+CHUNK = 8  # tensors per compiled call: fewer calls (each costs dynamo's guard checks) against a larger graph
+_compiled_blend_step = None
+_compile_failed = False
+
+
+def _get_compiled_blend_step():
+    # Dynamic lengths: one graph serves every length >= 2 (dynamo specializes 0 and 1, so shorter tensors
+    # go the foreach way), and the number of graphs depends on dtypes and ``maximize``, never on how many
+    # tensors, shapes or param groups there are.
+    global _compiled_blend_step
+    if _compiled_blend_step is None:
+        _compiled_blend_step = torch.compile(blend_chunk, fullgraph=True, dynamic=True)
+    return _compiled_blend_step
+
+
+def _no_duck_sizing():
+    # Without duck sizing, equal lengths inside a chunk get no equality guard (a guard per pattern of
+    # equal lengths would mean a graph per pattern). Scoped to our calls: the setting is read when a graph
+    # is traced, and restored on exit.
+    return torch.fx.experimental._config.patch(use_duck_shape=False)
+
+
+def _is_dense(t: Tensor) -> bool:
+    """Non-overlapping and dense in some dimension order (contiguous, channels_last, ...)."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _alias_1d(t: Tensor, alias: Tensor | None = None) -> Tensor:
+    # A 1-D alias of t's (dense) memory, made with set_ rather than view: dynamo guards on a view's base,
+    # its rank and sizes, which would cost a graph per rank. Reusing ``alias`` saves an allocation.
+    alias = torch.empty(0, dtype=t.dtype, device=t.device) if alias is None else alias
+    return alias.set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
+
+
+class BlendBuffers:
+    """What the compiled blend reuses for one (device, dtype) from step to step: the 0-d scalars, refilled
+    in place, and per param 1-D aliases of p, m and v (checked still valid each step; the grad's alias is
+    re-pointed each step, since grads are usually new tensors)."""
+
+    NAMES = ("decay", "one_minus_beta1", "beta2", "one_minus_beta2", "inv_sqrt_bc2", "eps", "adam_coef",
+             "inverse_coef")
 
     def __init__(self, device: torch.device, dtype: torch.dtype):
-        kw = dict(device=device, dtype=_scalar_dtype(dtype))
-        self.decay = torch.ones((), **kw)
-        self.adam_coef = torch.zeros((), **kw)
-        self.inverse_coef = torch.zeros((), **kw)
-        self.inv_sqrt_bc2 = torch.ones((), **kw)
-        # The fused AdamW kernel reads (never writes) the step; one float32 0-d tensor serves every param.
-        self.step = torch.zeros((), device=device, dtype=torch.float32)
+        self.scalars = [torch.zeros((), device=device, dtype=_scalar_dtype(dtype)) for _ in self.NAMES]
+        self._aliases: dict[int, tuple] = {}
+        # What unused chunk slots point at: two elements each (a length dynamo does not specialize),
+        # updated harmlessly (v stays >= 0, so d stays finite).
+        self.padding = [tuple(torch.zeros(2, dtype=dtype, device=device) for _ in range(4)) for _ in range(CHUNK)]
 
-    def update(self, s: StepScalars) -> None:
-        self.decay.fill_(s.decay)
-        self.adam_coef.fill_(s.adam_coef)
-        self.inverse_coef.fill_(s.inverse_coef)
-        self.inv_sqrt_bc2.fill_(1.0 / math.sqrt(s.bias_correction2))
-        self.step.fill_(s.step)
+    def update(self, s: StepScalars) -> list[Tensor]:
+        for tensor, value in zip(self.scalars, _coefficients(s)):
+            tensor.fill_(value)
+        return self.scalars
+
+    def flat(self, p, g, m, v) -> tuple[Tensor, ...] | None:
+        """1-D aliases of (p, g, m, v), element i of each being the same logical element; None where that
+        needs a copy: a strided param, a grad laid out unlike its param, fewer than 2 elements (dynamo
+        specializes lengths 0 and 1, so those go the foreach way)."""
+        entry = self._aliases.get(id(p))
+        if entry is None or entry[0] is not m or entry[1] is not v or entry[2].data_ptr() != p.data_ptr() \
+                or entry[2].numel() != p.numel():
+            if p.numel() < 2 or not _is_dense(p) or m.stride() != p.stride() or v.stride() != p.stride():
+                return None
+            entry = (m, v, _alias_1d(p), _alias_1d(m), _alias_1d(v), torch.empty(0, dtype=g.dtype, device=g.device))
+            self._aliases[id(p)] = entry
+        if g.stride() != p.stride():
+            return None
+        return entry[2], _alias_1d(g, entry[5]), entry[3], entry[4]
 
 
-def fused_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars, scalars: FusedScalars) -> None:
-    """Single-pass update for one (device, dtype) list; falls back to ``foreach_step`` where it must."""
+def compiled_blend_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars, buffers: BlendBuffers) -> None:
+    """The blend, one compiled pass per chunk of tensors; falls back to ``foreach_step`` where it must."""
     global _compile_failed
-    scalars.update(s)
-    if s.alpha == 0.0 and fused_kernel_available(params[0].device):
-        torch._fused_adamw_(
-            params, grads, exp_avgs, exp_avg_sqs, [], [scalars.step] * len(params),
-            lr=s.lr, beta1=s.beta1, beta2=s.beta2, weight_decay=s.weight_decay, eps=s.eps,
-            amsgrad=False, maximize=s.maximize,
-        )
-        return
-    if _compile_failed:
-        foreach_step(params, grads, exp_avgs, exp_avg_sqs, s)
-        return
-    try:
-        _get_compiled_blend_step()(
-            params, grads, exp_avgs, exp_avg_sqs, scalars.decay, scalars.adam_coef, scalars.inverse_coef,
-            scalars.inv_sqrt_bc2, s.beta1, s.beta2, s.eps, s.maximize,
-        )
-    except Exception as err:  # no C++ compiler, unsupported backend, ...: stay correct, lose speed
-        # Compilation fails before the graph runs, so no tensor has been touched yet.
-        _compile_failed = True
-        warnings.warn(f"DualAdam(fused=True) could not compile its blend step ({type(err).__name__}: {err}); "
-                      "using the foreach path instead.", RuntimeWarning, stacklevel=3)
-        foreach_step(params, grads, exp_avgs, exp_avg_sqs, s)
+    coefs = buffers.update(s)
+    flat, leftover = [], []
+    for tensors in zip(params, grads, exp_avgs, exp_avg_sqs):
+        aliases = None if _compile_failed else buffers.flat(*tensors)
+        if aliases is None:
+            leftover.append(tensors)
+        else:
+            flat.append((aliases, tensors))
+    with _no_duck_sizing():
+        for start in range(0, len(flat), CHUNK):
+            chunk = [aliases for aliases, _ in flat[start:start + CHUNK]]
+            chunk += buffers.padding[len(chunk):]
+            try:
+                _get_compiled_blend_step()(*map(list, zip(*chunk)), *coefs, s.maximize)
+            except Exception as err:  # no C++ compiler, unsupported backend, ...: stay correct, lose speed
+                # Compilation fails before the graph runs, so this chunk and those after it are untouched.
+                _compile_failed = True
+                warnings.warn(f"DualAdam(fused=True) could not compile its blend step ({type(err).__name__}: "
+                              f"{err}); using the foreach path instead.", RuntimeWarning, stacklevel=3)
+                leftover.extend(tensors for _, tensors in flat[start:])
+                break
+    if leftover:
+        foreach_step(*map(list, zip(*leftover)), s)

@@ -19,6 +19,7 @@ class StepCost:
     aten_ops: int  # top-level aten op calls (a foreach op over 62 tensors counts once)
     bytes_allocated: int  # bytes an op allocated and handed on (temporaries), summed over the step
     max_bytes_one_op: int
+    op_names: tuple[str, ...] = ()  # the top-level aten ops, in call order
 
 
 @contextmanager
@@ -43,7 +44,7 @@ def measure_step(step: Callable[[], object]) -> StepCost:
     events = prof.events()
     top_level = [e for e in events if e.name.startswith("aten::") and not _has_aten_parent(e)]
     sizes = [e.self_cpu_memory_usage for e in events if e.self_cpu_memory_usage > 0]
-    return StepCost(len(top_level), sum(sizes), max(sizes, default=0))
+    return StepCost(len(top_level), sum(sizes), max(sizes, default=0), tuple(e.name for e in top_level))
 
 
 def _has_aten_parent(event) -> bool:

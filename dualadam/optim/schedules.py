@@ -6,6 +6,10 @@ the authors' hard hand-over applies on top: once ``alpha_t < switch_rate`` the u
 (``alpha_t = 0``), exactly as in their released ``DualAdam.py``.
 
 ``linear`` is the paper's and the reference code's schedule; ``1 / switch_rate`` steps is the blend length.
+
+Schedules take a Python int step in eager mode and a 0-d tensor step when the caller ``torch.compile``s
+``optimizer.step()``; the built-in ones work on both (torch ops on tensors, so the graph has no
+data-dependent branch). A registered schedule that should work under ``torch.compile`` must do the same.
 """
 
 from __future__ import annotations
@@ -13,16 +17,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
+
 MixingSchedule = Callable[[int, float], float]
 
 
 def linear(step: int, switch_rate: float) -> float:
     """The paper's schedule. The expression is the reference's, so float rounding at the hand-over matches."""
+    if isinstance(step, torch.Tensor):
+        return (1.0 - step * switch_rate).clamp_min(0.0)
     return max(0.0, 1.0 - step * switch_rate)
 
 
 def cosine(step: int, switch_rate: float) -> float:
     """Half-cosine from 1 to 0 over the same ``1 / switch_rate`` steps: a gentler start and end."""
+    if isinstance(step, torch.Tensor):
+        return 0.5 * (1.0 + torch.cos(math.pi * (step * switch_rate).clamp_max(1.0)))
     progress = min(1.0, step * switch_rate)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -49,6 +59,8 @@ def check_schedule_name(name: str) -> None:
 def inverse_adam_rate(schedule: str, step: int, switch_rate: float) -> float:
     """alpha_t for ``step`` (1-based), with the reference's cut-off: below ``switch_rate`` it is 0 (pure Adam)."""
     alpha = MIXING_SCHEDULES[schedule](step, switch_rate)
+    if isinstance(alpha, torch.Tensor):
+        return torch.where(alpha >= switch_rate, alpha, 0.0)
     return alpha if alpha >= switch_rate else 0.0
 
 

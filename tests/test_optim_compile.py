@@ -1,0 +1,143 @@
+"""DualAdam under torch.compile: a compiled ``opt.step()`` and the fused path's own compiled blend.
+
+Graphs are counted deterministically with dynamo's ``unique_graphs`` counter. A step the caller compiles
+uses the aot_eager backend, which functionalizes like inductor does but generates no code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from dualadam import DualAdam
+from tests.test_golden import PATHS
+
+SWITCH_RATE = 0.25  # alpha reaches 0 at step 4 of 8: both phases run
+
+
+def _problem(dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(3, 2, generator=g, dtype=dtype), torch.randn(4, generator=g, dtype=dtype)]
+    grads = [[torch.randn(p.shape, generator=g, dtype=dtype) for p in params] for _ in range(8)]
+    return params, grads
+
+
+def _run(path_kwargs, compiled: bool, hyper_at=None, **kwargs):
+    """8 steps across the hand-over; ``hyper_at(t, group)`` may change hyperparameters before step t."""
+    start, grads = _problem()
+    params = [p.clone().requires_grad_() for p in start]
+    kwargs.setdefault("lr", 1e-2)
+    opt = DualAdam(params, weight_decay=0.1, switch_rate=SWITCH_RATE, **kwargs, **path_kwargs)
+
+    def step():
+        opt.step()
+
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    run_step = torch.compile(step, backend="aot_eager") if compiled else step
+    for t in range(8):
+        for p, g in zip(params, grads[t]):
+            p.grad = g.clone()
+        if hyper_at is not None:
+            hyper_at(t, opt.param_groups[0])
+        run_step()
+    return [p.detach() for p in params], counters["stats"]["unique_graphs"] - before, opt
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_compiled_step_takes_one_graph_across_the_hand_over_and_matches_eager(path):
+    """Every path traces the same branch-free update, so all are held to the eager reference path."""
+    eager, _, _ = _run(PATHS["reference"], compiled=False)
+    compiled, graphs, opt = _run(PATHS[path], compiled=True)
+    assert opt.global_step == 8 and float(opt.param_groups[0]["inverse_adam_rate"]) == 0.0
+    assert graphs == 1
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def _cycle_float_hyperparameters(t, group):
+    """What OneCycleLR with cycle_momentum does every step, plus eps."""
+    group["lr"] = 1e-2 * (1 + t)
+    group["betas"] = (0.95 - 0.01 * t, group["betas"][1])
+    group["eps"] = 1e-8 * (1 + t)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_changing_float_lr_betas_eps_every_step_costs_at_most_one_more_graph(path):
+    """dynamo compiles the first call with the floats as constants; on the first change it makes them
+    graph inputs (automatic dynamic), after which no change recompiles. So <= 2 graphs in all."""
+    eager, _, _ = _run(PATHS["reference"], compiled=False, hyper_at=_cycle_float_hyperparameters)
+    compiled, graphs, _ = _run(PATHS[path], compiled=True, hyper_at=_cycle_float_hyperparameters)
+    assert graphs <= 2
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_tensor_lr_and_betas_changed_in_place_recompile_nothing():
+    def fill(t, group):
+        group["lr"].fill_(1e-2 * (1 + t))
+        group["betas"][0].fill_(0.95 - 0.01 * t)
+
+    hyper = dict(lr=torch.tensor(1e-2, dtype=torch.float64),
+                 betas=(torch.tensor(0.9, dtype=torch.float64), torch.tensor(0.999, dtype=torch.float64)))
+    compiled, graphs, _ = _run({}, compiled=True, hyper_at=fill, **hyper)
+    assert graphs == 1
+    hyper = dict(lr=torch.tensor(1e-2, dtype=torch.float64),
+                 betas=(torch.tensor(0.9, dtype=torch.float64), torch.tensor(0.999, dtype=torch.float64)))
+    eager, _, _ = _run({}, compiled=False, hyper_at=fill, **hyper)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_compiled_step_with_per_parameter_bias_correction_matches_eager():
+    eager, _, _ = _run({}, compiled=False, bias_correction="per_parameter")
+    compiled, graphs, _ = _run({}, compiled=True, bias_correction="per_parameter")
+    assert graphs == 1
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_fused_blend_compiles_one_graph_whatever_the_groups_shapes_and_layouts():
+    """9 groups of different shapes and ranks, one channels_last and one 1-element param: one graph, and the
+    same trajectory as the foreach path."""
+    shapes = [(3, 5), (7,), (2, 3, 4), (16, 8), (5, 5, 1), (9,), (4, 4, 4), (33,), (6, 2, 1, 1)]
+
+    def run(**kwargs):
+        g = torch.Generator().manual_seed(0)
+        params = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
+        params.append(torch.randn(2, 3, 4, 5, generator=g).to(memory_format=torch.channels_last).requires_grad_())
+        params.append(torch.randn(1, generator=g).requires_grad_())
+        opt = DualAdam([{"params": [p], "weight_decay": 0.01 * i} for i, p in enumerate(params)], lr=1e-2,
+                       switch_rate=0.01, **kwargs)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).to(memory_format=torch.channels_last) \
+                    if p.dim() == 4 and p.shape[0] == 2 else torch.randn(p.shape, generator=g)
+            opt.step()
+        return params
+
+    before = counters["stats"]["unique_graphs"]
+    fused = run(fused=True)
+    assert counters["stats"]["unique_graphs"] - before <= 1
+    for a, b in zip(fused, run(foreach=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_blend_follows_a_param_whose_data_is_replaced():
+    """The fused path caches 1-D aliases of each param's memory; ``p.data = ...`` must not leave it updating
+    the old memory."""
+    def run(**kwargs):
+        g = torch.Generator().manual_seed(1)
+        params = [torch.randn(4, 3, generator=g).requires_grad_(), torch.randn(5, generator=g).requires_grad_()]
+        opt = DualAdam(params, lr=1e-2, switch_rate=0.01, **kwargs)
+        for t in range(4):
+            if t == 2:
+                params[0].data = torch.randn(4, 3, generator=g)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        return params
+
+    for a, b in zip(run(fused=True), run(foreach=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
