@@ -146,7 +146,7 @@ def test_compare_tunes_selects_confirms_and_reports_then_a_relaunch_does_nothing
         assert [t["number"] for t in trials] == [0, 1] and all(t["state"] == "COMPLETE" for t in trials)
         for trial in trials:   # each trial is an ordinary run; its score is the run's final metric
             summary = read_summary(trial["run_dir"])
-            assert summary["status"] == "completed" and trial["score"] == summary["final"]["test/acc"]
+            assert summary["status"] == "completed" and trial["score"] == summary["final"]["val/acc"]
             assert Path(trial["run_dir"]).parent == study / "tune"
         best = max(trials, key=lambda t: (t["score"], -t["number"]))
         assert record["selections"][name]["number"] == best["number"]
