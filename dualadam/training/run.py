@@ -177,7 +177,8 @@ class Attempt:
         attempts'; on the first attempt also ``config.json``, the record of what the run trains."""
         out.write_run_config(self.run_dir, out.run_config_record(self.cfg, hydra_choices()))
         attempts = earlier_attempts(self.start.previous)
-        number = max((a.get("attempt") or 0 for a in attempts), default=0) + 1
+        diffs = (int(p.stem.split("-")[1]) for p in self.run_dir.glob("attempt-*.diff") if p.stem[8:].isdigit())
+        number = max([*(a.get("attempt") or 0 for a in attempts), *diffs], default=0) + 1  # never reuse a diff
         code = out.git_commit() or {"commit": None, "dirty": None, "diff": None}
         diff = self.files.write_diff(number, code["diff"]) if code.get("diff") else None
         return [*attempts, {"attempt": number, "commit": code["commit"], "dirty": code["dirty"], "diff": diff,
