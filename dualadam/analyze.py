@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dualadam.analysis import write_landscape_plots, write_line_plot
 from dualadam.training.checkpoint import load_checkpoint
 from dualadam.training.final_analysis import final_sharpness, measurement_batches, task_loss
+from dualadam.training.outputs import read_run_config
 from dualadam.training.runtime import resolve_runtime
 from dualadam.training.tasks import build_task
 from dualadam.training.tasks.base import restore_model_checkpoint_state
@@ -33,8 +34,10 @@ CHECKPOINT = "last.pt"
 
 
 def run_config(run_dir: Path, payload: dict, data_root: str | None) -> DictConfig:
-    """The run's experiment config from its checkpoint, made runnable here (data root, device, no W&B)."""
-    cfg = OmegaConf.create(payload["config"])
+    """The run's config, made runnable here (data root, device, no W&B): its ``config.json`` (the whole config
+    of its first attempt), else (older runs) the identity config its checkpoint carries."""
+    recorded = read_run_config(run_dir)
+    cfg = OmegaConf.create(recorded["config"] if recorded and recorded.get("config") else payload["config"])
     with open_dict(cfg):
         cfg.dataset.root = data_root or os.environ.get("DUALADAM_DATA") or "data"
         cfg.dataset.download = False

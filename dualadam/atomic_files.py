@@ -1,4 +1,5 @@
-"""Files that are either completely written or not there at all (checkpoints, decoded-pixel caches).
+"""Files that are either completely written or not there at all (checkpoints, summaries, run records,
+decoded-pixel caches): the one place a file is written atomically.
 
 Write to a uniquely named temporary file in the same folder, flush and fsync it, then rename it over the
 target: ``os.replace`` is atomic on POSIX, so a crash mid-write leaves the previous file (or none), never a
@@ -8,10 +9,13 @@ half-written one, and concurrent writers never share a temporary file.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")   # what atomic_write names its temporary files
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -28,6 +32,29 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         _fsync_directory(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``atomic_write`` for a text file (UTF-8)."""
+    atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of writes that a crash interrupted (``.<name>.<uuid>.tmp``) in ``folder``.
+    Only call it while no other process can be writing there (a run under its lock)."""
+    stale = [path for path in Path(folder).glob(".*.tmp") if TEMPORARY_NAME.fullmatch(path.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def append_line_durably(path: Path, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` and fsync it, so the line is on disk before whatever the
+    caller writes next (a checkpoint that counts on it)."""
+    with open(path, "a") as file:
+        file.write(line + "\n")
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -1,13 +1,16 @@
-"""``make tables``: finished runs -> ``results/<study>/`` CSVs -> tables, plots and README blocks.
+"""``make tables``: finished runs -> ``<results>/<study>/`` CSVs -> tables, plots and README blocks.
 
-    python scripts/make_tables.py                                  # search outputs/ multirun/ results/runs/
+    python scripts/make_tables.py                                  # -> outputs/results/<study>/, no README
     python scripts/make_tables.py --roots /scratch/me/multirun     # other run directories
     python scripts/make_tables.py --wandb --wandb-entity my-team   # also the W&B API (skipped when offline)
-    python scripts/make_tables.py --no-collect                     # only rebuild tables from results/*/runs.csv
+    python scripts/make_tables.py --committed --readme README.md   # the repository's results/ and README
+    python scripts/make_tables.py --committed --no-collect         # only rebuild tables from results/*/runs.csv
     python scripts/make_tables.py --reference adamw                # pair every optimizer with AdamW, not Adam
 
 A study is the ``logger.group`` a run was launched with (each ``configs/experiment/<study>.yaml`` sets it to
-``<study>``), else its ``experiment=`` choice; its files go to ``results/<study>/``. Runs are merged into the
+``<study>``), else its ``experiment=`` choice; its files go to ``outputs/results/<study>/``, and to the
+repository's committed ``results/<study>/`` only when asked (``--committed``, as the committed studies' make
+targets do, or ``--results <folder>``). README blocks are rewritten only with ``--committed`` or ``--readme``. Runs are merged into the
 study's CSVs (a run found again replaces its rows); then every study with a ``runs.csv`` gets ``table.md``,
 ``table.tex``, ``test_acc.png``, ``gap_acc.png`` and ``README.md``, and every
 ``<!-- results:<study>:begin/end -->`` block of the ``--readme`` files is rewritten. Each table ends with
@@ -33,15 +36,20 @@ from dualadam.reporting.wandb_runs import fetch_wandb_runs
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOTS = ("outputs", "multirun", "results/runs")
+COMMITTED_RESULTS, OUTPUT_RESULTS = Path("results"), Path("outputs/results")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--roots", nargs="*", type=Path, default=[Path(r) for r in DEFAULT_ROOTS],
                         help=f"folders to search for run directories (default: {' '.join(DEFAULT_ROOTS)})")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="where results/<study>/ go")
+    parser.add_argument("--results", type=Path, default=None,
+                        help=f"where <study>/ folders go (default {OUTPUT_RESULTS}; {COMMITTED_RESULTS} with --committed)")
+    parser.add_argument("--committed", action="store_true",
+                        help=f"write the repository's committed {COMMITTED_RESULTS}/<study>/ and README.md blocks")
     parser.add_argument("--readme", type=Path, action="append", default=None,
-                        help="a Markdown file whose results blocks to rewrite (repeatable; default README.md)")
+                        help="a Markdown file whose results blocks to rewrite (repeatable; default README.md "
+                             "with --committed, none otherwise)")
     parser.add_argument("--no-readme", action="store_true", help="rewrite no README block (e.g. make demo)")
     parser.add_argument("--print", action="store_true", help="print each study's table.md (e.g. make demo)")
     parser.add_argument("--study", action="append", default=None, help="only this study (repeatable)")
@@ -51,7 +59,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (needs network)")
     parser.add_argument("--wandb-project", default="dualadam")
     parser.add_argument("--wandb-entity", default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.results is None:
+        args.results = COMMITTED_RESULTS if args.committed else OUTPUT_RESULTS
+    return args
 
 
 def experiment_command(study: str) -> str | None:
@@ -103,7 +114,8 @@ def report(args: argparse.Namespace) -> None:
             print((study.folder / "table.md").read_text())
     if not studies:
         print(f"[tables] no study has results yet (no {args.results}/<study>/{RUNS_FILE})")
-    readmes = [] if args.no_readme else args.readme if args.readme is not None else [Path("README.md")]
+    default_readmes = [Path("README.md")] if args.committed else []
+    readmes = [] if args.no_readme else args.readme if args.readme is not None else default_readmes
     for readme in readmes:
         notes = fill_readme(readme, args.results, studies, plan) if readme.is_file() \
             else [f"{readme}: not found, skipped"]

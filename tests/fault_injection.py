@@ -50,3 +50,35 @@ def fault_overrides(signal_name: str, step: int, seed: int) -> list[str]:
     prefix = "+hydra.callbacks.fault"
     return [f"{prefix}._target_=tests.fault_injection.SignalAtStep", f"{prefix}.signal={signal_name}",
             f"{prefix}.step={step}", f"{prefix}.seed={seed}"]
+
+
+class StricterValidation(Callback):
+    """Every job's config is rejected, as by a newer release whose validation is stricter than the one the
+    runs were made with (a ``ConfigError`` naming ``key``), before the job trains."""
+
+    def __init__(self, key: str):
+        self.key = key
+        self._original = None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from dualadam.training import run
+        from dualadam.training.validation import ConfigError
+
+        key = self.key
+
+        def reject(cfg: DictConfig) -> None:
+            raise ConfigError(f"{key}: rejected by a stricter validation")
+
+        self._original, run.validate_config = run.validate_config, reject
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs: Any) -> None:
+        if self._original is not None:
+            from dualadam.training import run
+
+            run.validate_config, self._original = self._original, None
+
+
+def stricter_validation_overrides(key: str) -> list[str]:
+    """The command-line overrides that install ``StricterValidation`` in a Hydra run or sweep."""
+    prefix = "+hydra.callbacks.strict"
+    return [f"{prefix}._target_=tests.fault_injection.StricterValidation", f"{prefix}.key={key}"]

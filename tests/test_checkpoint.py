@@ -12,6 +12,7 @@ import torch
 from dualadam.training.checkpoint import (
     CorruptCheckpointError,
     load_checkpoint,
+    load_newest_good,
     restore_rng_states,
     rng_states,
     save_checkpoint,
@@ -73,3 +74,25 @@ def test_rng_states_restore_every_generator():
     restore_rng_states(states)
     second = (random.random(), np.random.rand(), torch.rand(3))
     assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
+
+
+@pytest.mark.parametrize("position, byte", [(0, b"X"), (23, b"\xff"), (30, b"g"), (88, b"x"), (89, b" ")])
+def test_any_damage_to_the_header_is_a_corrupt_checkpoint(tmp_path, position, byte):
+    """Magic, the digest (a non-hex or non-UTF-8 byte) and the length field: all the clear error."""
+    path = tmp_path / "last.pt"
+    save_checkpoint({"w": torch.randn(10)}, path)
+    raw = bytearray(path.read_bytes())
+    raw[position:position + 1] = byte
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError):
+        load_checkpoint(path)
+
+
+def test_a_save_keeps_the_checkpoint_it_replaces_as_the_previous_one(tmp_path):
+    path, previous = tmp_path / "last.pt", tmp_path / "previous.pt"
+    save_checkpoint({"epoch": 1}, path, previous=previous)
+    save_checkpoint({"epoch": 2}, path, previous=previous)
+    assert load_checkpoint(path)["epoch"] == 2 and load_checkpoint(previous)["epoch"] == 1
+    path.write_bytes(path.read_bytes()[:-3])
+    payload, used, errors = load_newest_good(path, previous)
+    assert payload["epoch"] == 1 and used == previous and "truncated" in str(errors[0])

@@ -18,12 +18,27 @@ from omegaconf import open_dict
 from dualadam.data import build_image_data
 from dualadam.training import metrics as M
 from dualadam.training.checkpoint import CorruptCheckpointError, load_checkpoint
-from dualadam.training.outputs import ERROR_FILE, read_metrics
+from dualadam.training.outputs import ERROR_FILE, METRICS_FILE, SUMMARY_FILE, config_hash, read_metrics
 from dualadam.training.run import train
-from dualadam.training.run_directory import CHECKPOINT_FILE, RunDirectoryConflict, RunInProgress, RunLock
+from dualadam.training.run_directory import (
+    CHECKPOINT_FILE,
+    PREVIOUS_CHECKPOINT_FILE,
+    RunDirectoryConflict,
+    RunInProgress,
+    RunLock,
+    RunRecordsDamaged,
+    run_name,
+)
 from dualadam.training.trainer import Trainer, epoch_batches
 from tests.conftest import REPO, compose_train_config
-from tests.runs import assert_same_run, child_env, one_thread, read_summary  # noqa: F401  (one_thread: fixture)
+from tests.runs import (  # noqa: F401  (one_thread: fixture)
+    assert_same_run,
+    child_env,
+    final_weights,
+    one_thread,
+    read_summary,
+    without_timings,
+)
 
 # A tiny ResNet with batch norm (running statistics) and stochastic depth (draws from torch's RNG at every
 # step), so a resume that missed a buffer or an RNG state would show. 128 training images in batches of 32:
@@ -188,6 +203,112 @@ def test_a_run_directory_in_use_is_refused(make_cfg):
     cfg = make_cfg()
     with RunLock(Path(cfg.run_dir)), pytest.raises(RunInProgress, match="another process"):
         train(cfg)
+
+
+def preempted_run(make_cfg, monkeypatch, step: int, *overrides: str):
+    """A config of ``RESUME_OVERRIDES`` and its run, stopped by SIGTERM right after optimizer step ``step``."""
+    cfg = make_cfg(*RESUME_OVERRIDES, *overrides, fast=False)
+    signal_self_after_step(monkeypatch, step)
+    assert train(cfg)["status"] == "preempted"
+    monkeypatch.undo()
+    return cfg, Path(cfg.run_dir)
+
+
+@pytest.mark.parametrize("damage", ["missing", "torn", "row deleted"])
+def test_damaged_metrics_rows_are_rebuilt_from_the_checkpoint(make_cfg, reference_run, monkeypatch, caplog, damage):
+    cfg, run_dir = preempted_run(make_cfg, monkeypatch, 10)   # epoch 3, batch 2: rows 1 and 2 written
+    metrics = run_dir / METRICS_FILE
+    lines = metrics.read_text().splitlines(keepends=True)
+    if damage == "missing":
+        metrics.unlink()
+    elif damage == "torn":   # the last line cut short, as by a crash mid-append
+        metrics.write_text(lines[0] + lines[1][: len(lines[1]) // 2])
+    else:
+        metrics.write_text(lines[1])
+    assert train(cfg)["status"] == "completed"
+    assert [row[M.EPOCH] for row in read_metrics(run_dir)] == [1, 2, 3]
+    assert_same_run(run_dir, reference_run)
+    assert "rebuilt from the checkpoint" in caplog.text
+
+
+def test_a_metrics_row_that_contradicts_the_checkpoint_stops_the_run_with_a_clear_error(make_cfg, monkeypatch):
+    cfg, run_dir = preempted_run(make_cfg, monkeypatch, 6)
+    metrics = run_dir / METRICS_FILE
+    edited = metrics.read_text().replace('"test/acc": ', '"test/acc": 1', 1)
+    metrics.write_text(edited)
+    with pytest.raises(RunRecordsDamaged, match="the row of epoch 1 differs from the one the checkpoint recorded"):
+        train(cfg)
+    assert read_summary(run_dir)["status"] == "failed"
+    assert "RunRecordsDamaged" in (run_dir / ERROR_FILE).read_text()
+    assert metrics.read_text() == edited   # left for a look
+
+
+def test_a_torn_summary_is_rebuilt_on_resume(make_cfg, reference_run, monkeypatch):
+    cfg, run_dir = preempted_run(make_cfg, monkeypatch, 6)
+    summary = run_dir / SUMMARY_FILE
+    summary.write_text(summary.read_text()[:40])
+    assert train(cfg)["status"] == "completed"
+    assert read_summary(run_dir)["status"] == "completed"
+    assert_same_run(run_dir, reference_run)
+
+
+def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(make_cfg, reference_run, monkeypatch):
+    cfg, run_dir = preempted_run(make_cfg, monkeypatch, 10)   # last.pt: epoch 3 batch 2; previous.pt: epoch 2
+    assert load_checkpoint(run_dir / PREVIOUS_CHECKPOINT_FILE)["train_state"]["epochs_completed"] == 2
+    path = run_dir / CHECKPOINT_FILE
+    corrupt = bytearray(path.read_bytes())
+    corrupt[30] ^= 0x01   # inside the header's digest
+    path.write_bytes(bytes(corrupt))
+    stale = run_dir / f".{CHECKPOINT_FILE}.{'0' * 32}.tmp"   # left by a save that a crash cut short
+    stale.write_bytes(bytes(1000))
+
+    assert train(cfg)["status"] == "completed"
+    assert_same_run(run_dir, reference_run)
+    assert (run_dir / f"{CHECKPOINT_FILE}.corrupt").read_bytes() == bytes(corrupt)  # kept for a look
+    assert not stale.exists()
+
+
+# Settings that cannot change a result: a relaunch with any of them changed is the same run.
+UNRESULTFUL = ("trainer.num_workers=1", "trainer.eval_batch_size=16", "dataset.memory_budget_gb=0.5",
+               "trainer.progress=true", "trainer.check_every=2", "logger.group=another_study", "logger.mode=offline",
+               f"trainer.device={'cuda' if torch.cuda.is_available() else 'cpu'}",
+               f"trainer.fused_optimizer={'true' if torch.cuda.is_available() else 'false'}",
+               f"trainer.channels_last={'true' if torch.cuda.is_available() else 'false'}")
+
+
+@pytest.mark.parametrize("override", UNRESULTFUL)
+def test_a_setting_that_cannot_change_a_result_keeps_the_run_identity(override):
+    base = compose_train_config(RESUME_OVERRIDES, fast=False)
+    changed = compose_train_config([*RESUME_OVERRIDES, override], fast=False)
+    assert config_hash(changed) == config_hash(base) and run_name(changed) == run_name(base)
+
+
+def test_a_key_added_later_keeps_the_hash_of_runs_made_before_it_at_its_default():
+    cfg = compose_train_config(RESUME_OVERRIDES, fast=False)
+    assert cfg.trainer.eval_before_training is False
+    before_the_key = compose_train_config(RESUME_OVERRIDES, fast=False)
+    with open_dict(before_the_key):
+        del before_the_key.trainer["eval_before_training"]
+    assert config_hash(before_the_key) == config_hash(cfg)
+    with open_dict(cfg):
+        cfg.trainer.eval_before_training = True
+    assert config_hash(cfg) != config_hash(before_the_key)   # set otherwise, it is another experiment
+
+
+def test_a_relaunch_with_every_unresultful_setting_changed_resumes_the_same_run(make_cfg, reference_run, monkeypatch):
+    cfg, run_dir = preempted_run(make_cfg, monkeypatch, 6)
+    relaunch = make_cfg(*RESUME_OVERRIDES, *(o for o in UNRESULTFUL if not o.startswith("logger.mode")), fast=False)
+    with open_dict(relaunch):
+        relaunch.run_dir = str(run_dir)
+    assert train(relaunch)["status"] == "completed"
+    # The same training (bitwise-identical weights); another evaluation batch size sums the same per-sample
+    # losses in another order, so evaluation losses may differ in float rounding, nothing else.
+    assert all(torch.equal(w, final_weights(reference_run)[name]) for name, w in final_weights(run_dir).items())
+    rows, expected = without_timings(read_metrics(run_dir)), without_timings(read_metrics(reference_run))
+    assert [row.keys() for row in rows] == [row.keys() for row in expected]
+    for row, reference in zip(rows, expected, strict=True):
+        for key, value in row.items():
+            assert value == (pytest.approx(reference[key], abs=1e-6) if "loss" in key else reference[key]), key
 
 
 @pytest.mark.parametrize("loader", ["memory", "dataloader"])

@@ -22,7 +22,7 @@ from dualadam.training.outputs import ERROR_FILE, METRICS_FILE, SUMMARY_FILE, re
 from dualadam.training.run import train
 from dualadam.training.run_directory import CHECKPOINT_FILE, register_resolvers, run_name
 from tests.conftest import CONFIG_DIR, FAST_OVERRIDES, REPO, compose_train_config
-from tests.fault_injection import fault_overrides
+from tests.fault_injection import fault_overrides, stricter_validation_overrides
 from tests.runs import assert_same_run, child_env, one_thread, read_summary  # noqa: F401  (one_thread: fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,6 +82,27 @@ def test_relaunched_sweep_skips_finished_resumes_interrupted_and_retries_failed(
     assert f"run already completed; skipped. Outputs in {runs[1]}" in second.stdout
     assert "Resuming from the end of epoch 1" in (runs[2] / "train.log").read_text()
     assert_same_run(runs[2], uninterrupted(tmp_path, "seed=2"))
+
+
+def test_a_relaunch_that_fails_validation_changes_no_finished_run(tmp_path, isolated_wandb):
+    """A finished sweep relaunched by a release whose validation is stricter: every job is rejected. The
+    finished runs keep every byte of their records; a job whose directory is new still records its failure."""
+    sweep_dir = tmp_path / "sweep"
+    runs = {seed: run_dir_in(sweep_dir, f"seed={seed}") for seed in (0, 1, 2)}
+    first = launch_sweep("seed=0,1", f"hydra.sweep.dir={sweep_dir}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    finished = {seed: our_files(runs[seed]) for seed in (0, 1)}
+
+    again = launch_sweep("seed=0,1,2", f"hydra.sweep.dir={sweep_dir}",
+                         *stricter_validation_overrides("trainer.batch_size"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    for seed in (0, 1):
+        assert our_files(runs[seed]) == finished[seed]
+        assert read_summary(runs[seed])["status"] == "completed"
+        assert not (runs[seed] / ERROR_FILE).exists()
+        assert f"{runs[seed]} holds an earlier run's records; they are left as they are" in again.stdout + again.stderr
+    assert read_summary(runs[2])["status"] == "failed"   # a new directory: the job's fate is recorded there
+    assert "rejected by a stricter validation" in (runs[2] / ERROR_FILE).read_text()
 
 
 def test_submitit_local_runs_two_jobs_and_requeues_a_preempted_one(tmp_path, isolated_wandb):

@@ -230,7 +230,7 @@ def tables(run_root, tmp_path_factory) -> Path:
     """A work folder after `make tables` ran on the fixture: results/ and README.md."""
     work = tmp_path_factory.mktemp("work")
     (work / "README.md").write_text(README_TEMPLATE)
-    result = make_tables("--roots", str(run_root), str(work / "absent"), "--wandb", cwd=work)
+    result = make_tables("--committed", "--roots", str(run_root), str(work / "absent"), "--wandb", cwd=work)
     assert "absent: not found, skipped" in result.stdout
     assert "W&B skipped" in result.stdout, "offline, the W&B source must say it was skipped"
     return work
@@ -399,19 +399,66 @@ def test_a_copied_run_directory_is_listed_as_a_duplicate_not_averaged_twice(run_
     original = sorted((run_root / "sweep").glob("adam-*"))[0]
     shutil.copytree(original, runs / "first")
     shutil.copytree(original, runs / "copy")
-    make_tables_here("--roots", str(runs), "--readme", str(tmp_path / "none.md"), cwd=tmp_path, monkeypatch=monkeypatch)
+    make_tables_here("--committed", "--roots", str(runs), "--readme", str(tmp_path / "none.md"), cwd=tmp_path,
+                     monkeypatch=monkeypatch)
     table_md = (tmp_path / "results" / FIXTURE_STUDY / "table.md").read_text()
     assert "**Not averaged: 1 of 2 runs** (1 duplicate):" in table_md
     assert ": duplicate of runs/first (`runs/copy`)" in table_md
     assert "| Adam | 1 |" in table_md
 
 
+def test_a_seed_rerun_is_listed_as_a_duplicate_not_averaged_twice(tables, run_root, tmp_path, monkeypatch):
+    """The same experiment trained again, with settings that cannot change a result changed (another number
+    of loader workers, another evaluation batch size), and collected into the committed results: one run per
+    (optimizer, setting, seed)."""
+    work = tmp_path / "clone"
+    for name, data in snapshot(tables).items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_bytes(data)
+    original = next(p for p in sorted((run_root / "sweep").glob("adam-*"))
+                    if json.loads((p / "config.json").read_text())["config"]["seed"] == 0)
+    cfg = OmegaConf.create(json.loads((original / "config.json").read_text())["config"])
+    with open_dict(cfg):
+        cfg.trainer.num_workers, cfg.trainer.eval_batch_size = 1, 16
+        cfg.run_dir = str(tmp_path / "rerun" / "adam-seed0-again")
+    assert train(cfg)["status"] == "completed"
+    make_tables_here("--committed", "--roots", str(tmp_path / "rerun"), "--readme", str(tmp_path / "none.md"),
+                     cwd=work, monkeypatch=monkeypatch)
+    table_md = (work / "results" / FIXTURE_STUDY / "table.md").read_text()
+    assert "**Not averaged: 3 of 9 runs** (1 diverged, 1 duplicate, 1 failed):" in table_md
+    assert re.search(r"- Adam, lr 0\.01, dataset\.name synthetic, seed 0: duplicate of ", table_md)
+    group = next(g for g in load_study(work / "results" / FIXTURE_STUDY).table.groups
+                 if g.optimizer == "adam" and g.averaged)
+    assert sorted(r["seed"] for r in group.averaged) == [0, 1, 2]
+
+
+def test_an_ad_hoc_study_goes_to_an_output_folder_not_the_committed_results(run_root, tmp_path, monkeypatch):
+    (tmp_path / "README.md").write_text(README_TEMPLATE)
+    make_tables_here("--roots", str(run_root), cwd=tmp_path, monkeypatch=monkeypatch)
+    assert (tmp_path / "outputs" / "results" / FIXTURE_STUDY / "table.md").is_file()
+    assert not (tmp_path / "results").exists()
+    assert (tmp_path / "README.md").read_text() == README_TEMPLATE   # README blocks only with --committed
+
+
+def test_tables_show_each_runs_code_and_flag_uncommitted_code(tables, run_root):
+    rows = read_rows(tables / "results" / FIXTURE_STUDY / "runs.csv")
+    summaries = {r["run"]: json.loads((run_root / r["run"].split("/", 1)[1] / "summary.json").read_text())
+                 for r in rows}
+    for row in rows:
+        attempts = summaries[row["run"]]["attempts"]
+        assert row["commit"] == attempts[0]["commit"] and row["dirty"] == attempts[0]["dirty"]
+    table_md = (tables / "results" / FIXTURE_STUDY / "table.md").read_text()
+    dirty = sum(1 for r in rows if r["dirty"])
+    assert "Code of the runs: `" in table_md
+    assert (f"**{dirty} of {len(rows)} runs ran uncommitted code**" in table_md) == (dirty > 0)
+
+
 def test_tables_and_plots_are_byte_identical_when_made_again(tables, run_root, tmp_path, monkeypatch):
     before = snapshot(tables)
-    make_tables("--roots", str(run_root), cwd=tables)              # again, over its own output
+    make_tables("--committed", "--roots", str(run_root), cwd=tables)              # again, over its own output
     assert snapshot(tables) == before
     (tmp_path / "README.md").write_text(README_TEMPLATE)
-    make_tables_here("--roots", str(run_root), cwd=tmp_path, monkeypatch=monkeypatch)   # from scratch, elsewhere
+    make_tables_here("--committed", "--roots", str(run_root), cwd=tmp_path, monkeypatch=monkeypatch)  # elsewhere
     assert snapshot(tmp_path) == before
     assert {"test_acc.png", "gap_acc.png"} <= {p.name for p in (tables / "results" / FIXTURE_STUDY).iterdir()}
     assert b"matplotlib" not in before[f"results/{FIXTURE_STUDY}/test_acc.png"]
@@ -424,7 +471,7 @@ def test_tables_rebuild_from_the_csvs_alone(tables, tmp_path, monkeypatch):
         path = work / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    make_tables_here("--roots", str(tmp_path / "no-runs-here"), cwd=work, monkeypatch=monkeypatch)
+    make_tables_here("--committed", "--roots", str(tmp_path / "no-runs-here"), cwd=work, monkeypatch=monkeypatch)
     assert snapshot(work) == snapshot(tables)
 
 

@@ -6,8 +6,11 @@ the same optimizer (the lr in a learning-rate grid, ``switch_rate`` in a blend-l
 only between optimizers (their weight decay, their betas) do not, and neither does the seed: seeds are what a
 group averages over. A key missing from some runs (added to the config later) is compared only where present.
 
-Averaged: ``completed`` runs, once per config (a second completed run with the same ``config_hash`` is listed
-as a duplicate). Everything else is listed with its status and counted, never silently dropped.
+Averaged: ``completed`` runs, once per experiment: one run per (optimizer, setting, seed), where the setting
+leaves out what cannot change a result (``run_records.comparable_setting``). Another completed run of the
+same experiment (a seed rerun, a copied folder, the same run under an older ``config_hash``) is listed as a
+duplicate, never averaged twice. Everything else is listed with its status and counted, never silently
+dropped.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from dualadam.reporting.results_csv import optimizer_rank
-from dualadam.reporting.run_records import COMPLETED, is_finite_number
+from dualadam.reporting.run_records import COMPLETED, comparable_setting, is_finite_number
 from dualadam.training.metrics import GAP_ACC, TEST_ACC, TRAIN_EVAL_ACC
 
 
@@ -95,7 +98,12 @@ class StudyTable:
 
 
 def _setting(row: dict) -> dict:
-    return json.loads(row["setting"]) if row.get("setting") else {}
+    return comparable_setting(json.loads(row["setting"])) if row.get("setting") else {}
+
+
+def experiment_key(row: dict) -> tuple:
+    """What makes two runs the same experiment: optimizer, setting and seed."""
+    return row["optimizer"], json.dumps(_setting(row), sort_keys=True), row.get("seed")
 
 
 def grouping_keys(rows: list[dict]) -> list[str]:
@@ -109,12 +117,11 @@ def grouping_keys(rows: list[dict]) -> list[str]:
 
 
 def duplicates(rows: list[dict]) -> dict[str, str]:
-    """``{run: kept run}`` for completed runs of an already-seen config (the last ``run`` name is kept)."""
-    latest: dict[str, str] = {}
-    for row in sorted((r for r in rows if r["status"] == COMPLETED and r.get("config_hash")), key=lambda r: r["run"]):
-        latest[row["config_hash"]] = row["run"]
-    return {r["run"]: latest[r["config_hash"]] for r in rows
-            if r["status"] == COMPLETED and r.get("config_hash") and latest[r["config_hash"]] != r["run"]}
+    """``{run: kept run}`` for completed runs of an experiment already seen (``experiment_key``; the last
+    ``run`` name is kept)."""
+    completed = sorted((r for r in rows if r["status"] == COMPLETED), key=lambda r: r["run"])
+    latest = {experiment_key(row): row["run"] for row in completed}
+    return {r["run"]: latest[experiment_key(r)] for r in completed if latest[experiment_key(r)] != r["run"]}
 
 
 def _value_order(value) -> tuple:

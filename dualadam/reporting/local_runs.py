@@ -1,6 +1,9 @@
-"""Runs from run directories: ``.hydra/config.yaml`` (what was trained), ``summary.json`` (how it ended),
-``metrics.jsonl`` (the curves). A folder is a run directory when it holds ``summary.json`` or
-``metrics.jsonl``."""
+"""Runs from run directories: ``config.json`` (what was trained, written once by the run's first attempt),
+``summary.json`` (how it ended, and each attempt's code), ``metrics.jsonl`` (the curves). A folder is a run
+directory when it holds ``summary.json`` or ``metrics.jsonl``.
+
+Hydra's ``.hydra/config.yaml`` is read only for runs made before ``config.json`` existed: Hydra rewrites it
+at every launch, a refused or skipped one included, so it can describe a launch that never trained there."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from dualadam.reporting.run_records import (
     setting_of,
     sorted_epoch_rows,
 )
-from dualadam.training.outputs import METRICS_FILE, SUMMARY_FILE, read_metrics
+from dualadam.training.outputs import METRICS_FILE, SUMMARY_FILE, read_metrics_lines, read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +70,60 @@ def study_of(config: dict, choices: dict) -> str | None:
     return str(group) if group else choices.get("experiment")
 
 
+def run_config(run_dir: Path) -> tuple[dict, dict] | None:
+    """The run's resolved config and Hydra choices: ``config.json``, else (older runs) ``.hydra/``."""
+    recorded = read_run_config(run_dir)
+    if recorded is not None and isinstance(recorded.get("config"), dict):
+        return recorded["config"], recorded.get("choices") or {}
+    config_path = run_dir / ".hydra" / "config.yaml"
+    if config_path.is_file():
+        return _resolved_config(config_path), _hydra_choices(run_dir)
+    return None
+
+
+def read_summary_file(run_dir: Path) -> dict:
+    """``summary.json``, or ``{}`` (with a warning) when there is none or it is damaged."""
+    path = run_dir / SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        log.warning("%s is damaged (%s); the run counts as incomplete until it is resumed", path, error)
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def code_provenance(summary: dict) -> tuple[str | None, bool | None]:
+    """Every commit the run's attempts ran (in order, space-separated) and whether any ran uncommitted code."""
+    attempts = summary.get("attempts") or ([summary["git"]] if summary.get("git") else [])
+    commits = list(dict.fromkeys(a.get("commit") for a in attempts if a.get("commit")))
+    dirty = [a.get("dirty") for a in attempts if a.get("dirty") is not None]
+    return (" ".join(commits) or None), (any(dirty) if dirty else None)
+
+
 def read_local_run(run_dir: Path, run_key: str) -> RunRecord | None:
     """The record of the run in ``run_dir`` (``run_key`` names it in the CSVs), or None, with a warning, when
     it has no saved config or no study to belong to."""
-    config_path = run_dir / ".hydra" / "config.yaml"
-    if not config_path.is_file():
-        log.warning("%s: no .hydra/config.yaml, so its settings are unknown; skipped (runs started through "
-                    "`python -m dualadam.train` save it)", run_dir)
+    found = run_config(run_dir)
+    if found is None:
+        log.warning("%s: no config.json (or .hydra/config.yaml), so its settings are unknown; skipped (runs "
+                    "started through `python -m dualadam.train` save it)", run_dir)
         return None
-    config, choices = _resolved_config(config_path), _hydra_choices(run_dir)
+    config, choices = found
     study = study_of(config, choices)
     if not study:
         log.warning("%s: belongs to no study (no logger.group, no experiment=); skipped. Launch it with "
                     "experiment=<study> or logger.group=<study>", run_dir)
         return None
-    summary_path = run_dir / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    epoch_rows = sorted_epoch_rows(read_metrics(run_dir)) if (run_dir / METRICS_FILE).is_file() else []
+    summary = read_summary_file(run_dir)
+    rows, damaged = read_metrics_lines(run_dir)
+    if damaged:
+        log.warning("%s: %d damaged lines in %s skipped (resuming the run repairs them)", run_dir, damaged,
+                    METRICS_FILE)
+    epoch_rows = sorted_epoch_rows(rows)
     final = summary.get("final") or (epoch_rows[-1] if epoch_rows else {})
-    git = summary.get("git") or {}
+    commit, dirty = code_provenance(summary)
     return RunRecord(
         study=study, optimizer=optimizer_label(config, choices.get("optimizer")),
         lr=(config.get("optimizer") or {}).get("lr"), seed=config.get("seed"),
@@ -94,8 +132,7 @@ def read_local_run(run_dir: Path, run_key: str) -> RunRecord | None:
         epochs_completed=summary.get("epochs_completed", len(epoch_rows)),
         epochs=(config.get("trainer") or {}).get("epochs"), monitor=summary.get("monitor"),
         final=final, best=summary.get("best") or {}, initial=summary.get("initial") or {},
-        config_hash=summary.get("config_hash"),
-        commit=git.get("commit"), dirty=git.get("dirty"),
+        config_hash=summary.get("config_hash"), commit=commit, dirty=dirty,
         wandb_run_id=(summary.get("wandb") or {}).get("run_id"),
         setting=setting_of(config), epoch_rows=epoch_rows,
     )
@@ -123,4 +160,5 @@ def collect_local_runs(roots: list[Path]) -> tuple[list[RunRecord], list[str]]:
     return records, notes
 
 
-__all__ = ["NON_SETTING_KEYS", "collect_local_runs", "find_run_dirs", "read_local_run", "study_of"]
+__all__ = ["NON_SETTING_KEYS", "code_provenance", "collect_local_runs", "find_run_dirs", "read_local_run",
+           "run_config", "study_of"]

@@ -76,17 +76,33 @@ def study_markdown(study: Study, relative_to: Path, plan: ComparisonPlan | None 
     if table.grouping_keys:
         parts += [_best_setting_note(table), markdown_table(table, table.best_per_optimizer())]
     parts.append(not_averaged_list(table))
+    parts.append(code_note(table))
     parts.append(paired_comparisons_section(compare_study(table, HEADLINE, plan), table))
     parts.append(" ".join(f"![{CURVE_TITLES[name]}]({_link(study.folder / name, relative_to)})" for name in CURVES))
     return "\n\n".join(parts) + "\n"
 
 
+def _code_of_runs(table: StudyTable) -> str:
+    """Each code version the runs ran, and how many runs ran it (a resumed run may name several commits)."""
+    versions = Counter((" + ".join(c[:12] for c in str(r.get("commit") or "unknown").split()), bool(r.get("dirty")))
+                       for r in table.rows)
+    return ", ".join(f"`{commit}`{' with uncommitted changes' if dirty else ''} ({n} runs)"
+                     for (commit, dirty), n in sorted(versions.items()))
+
+
+def code_note(table: StudyTable) -> str:
+    """The runs' code provenance, with runs made from uncommitted code flagged (``dirty`` in runs.csv)."""
+    dirty = sum(1 for r in table.rows if r.get("dirty"))
+    note = f"Code of the runs: {_code_of_runs(table)}."
+    if dirty:
+        note = (f"**{dirty} of {len(table.rows)} runs ran uncommitted code** (`dirty` in runs.csv; a run made "
+                "since attempts were recorded keeps its diff as `attempt-<n>.diff` in its directory). " + note)
+    return note
+
+
 def _provenance(study: Study, command: str | None) -> str:
-    commits = Counter((str(r.get("commit") or "unknown")[:12], bool(r.get("dirty"))) for r in study.table.rows)
-    code = ", ".join(f"`{c}`{' with uncommitted changes' if dirty else ''} ({n} runs)"
-                     for (c, dirty), n in sorted(commits.items()))
     launch = f"`{command}`" if command else f"any run with `logger.group={study.name}`"
-    return f"Runs: {launch}, then `make tables` (which wrote these files). Code of the runs: {code}."
+    return f"Runs: {launch}, then `make tables` (which wrote these files). Code of the runs: {_code_of_runs(study.table)}."
 
 
 def write_study_report(study: Study, command: str | None = None, plan: ComparisonPlan | None = None

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 
 from dualadam.training.metrics import EPOCH, TEST_LOSS, TRAIN_EVAL_LOSS, TRAIN_LOSS
 from dualadam.training.optimizers import optimizer_label as label_of_optimizer_config
-from dualadam.training.outputs import IDENTITY_EXCLUDED_KEYS
+from dualadam.training.outputs import ADDED_KEY_DEFAULTS, IDENTITY_EXCLUDED_KEYS
 
 COMPLETED, DIVERGED, FAILED, INTERRUPTED, INCOMPLETE = "completed", "diverged", "failed", "interrupted", "incomplete"
 
-# Config keys that say nothing about what was trained: where files go, how the run is watched (as for
-# ``config_hash``), the seed (a column of its own), loader settings that do not change any result, and how
-# the final solution is measured afterwards (``analysis``: a run measured for sharpness trained the same way).
-NON_SETTING_KEYS = (*IDENTITY_EXCLUDED_KEYS, "seed", "trainer.num_workers", "trainer.eval_batch_size", "analysis")
+# Config keys that say nothing about what was trained: every key ``config_hash`` leaves out (where files go,
+# how the run is watched, loader and evaluation batch settings), the seed (a column of its own), and how the
+# final solution is measured afterwards (``analysis``: a run measured for sharpness trained the same way).
+NON_SETTING_KEYS = (*IDENTITY_EXCLUDED_KEYS, "seed", "analysis")
 
 # A diverged run ends with one of these losses non-finite (summary.json writes NaN and inf as null).
 DIVERGENCE_LOSSES = (TRAIN_LOSS, TRAIN_EVAL_LOSS, TEST_LOSS)
@@ -69,9 +69,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 def setting_of(config: dict) -> dict[str, object]:
     """The flattened config without ``NON_SETTING_KEYS`` (or anything below them), keys sorted."""
-    flat = flatten(config)
+    return comparable_setting(flatten(config))
+
+
+def comparable_setting(flat: dict[str, object]) -> dict[str, object]:
+    """A flattened setting as runs are compared: without ``NON_SETTING_KEYS`` and without keys added to the
+    configs later while they hold their default (``ADDED_KEY_DEFAULTS``), keys sorted. Applied to settings
+    read back from older CSVs too, so a run made before a key existed still matches one made after."""
     kept = {k: v for k, v in flat.items()
-            if not any(k == x or k.startswith(f"{x}.") for x in NON_SETTING_KEYS)}
+            if not any(k == x or k.startswith(f"{x}.") for x in NON_SETTING_KEYS)
+            and not (k in ADDED_KEY_DEFAULTS and v == ADDED_KEY_DEFAULTS[k])}
     return dict(sorted(kept.items()))
 
 

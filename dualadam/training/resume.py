@@ -1,7 +1,7 @@
 """What a checkpoint holds, and putting a trainer back exactly where it was.
 
 ``last.pt`` (``checkpoint.save_checkpoint``: atomic, SHA-256-verified) is written at the end of every epoch and
-when a preemption signal stops training mid-epoch. It holds everything the next step depends on:
+when a preemption signal stops training mid-epoch; the one it replaces is kept as ``previous.pt``. It holds everything the next step depends on:
 
 - the model (with LoRA only the adapters: the task's ``checkpoint_state``), the optimizer (DualAdam/InvAdam
   keep their step count and mixing weight in their param groups), the LR scheduler (its step count) and the
@@ -9,7 +9,8 @@ when a preemption signal stops training mid-epoch. It holds everything the next 
 - every RNG state (python, numpy, torch CPU, CUDA) of every rank;
 - the data position: ``train_state.epochs_completed`` and, mid-epoch, ``in_epoch`` (batches trained and the
   epoch's running loss/accuracy sums, so the epoch's row comes out as if never interrupted);
-- the best and last metrics rows, the evaluation before training (if any) and the W&B run id;
+- every metrics row so far (``train_state.rows``: ``metrics.jsonl`` is rebuilt from them when damaged), the
+  best and last rows, the evaluation before training (if any) and the W&B run id;
 - ``config_hash`` and the identity config, so a checkpoint is never resumed by a different experiment.
 """
 
@@ -20,9 +21,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from dualadam.training import metrics as M
 from dualadam.training.checkpoint import restore_rng_states, rng_states, save_checkpoint
 from dualadam.training.distributed import gather_objects, is_main_process
-from dualadam.training.outputs import config_hash, identity_config
+from dualadam.training.outputs import config_hash, identity_config, json_safe
 from dualadam.training.runtime import Runtime
 from dualadam.training.tasks.base import model_checkpoint_state, restore_model_checkpoint_state
 from dualadam.training.trainer import EpochProgress, Trainer, TrainState
@@ -35,11 +37,20 @@ FORMAT_VERSION = 1
 class Checkpointer:
     """Saves ``trainer``'s state to ``path`` (rank 0 writes; every rank contributes its RNG states)."""
 
-    def __init__(self, path: Path, runtime: Runtime, cfg: DictConfig):
+    def __init__(self, path: Path, runtime: Runtime, cfg: DictConfig, *, previous: Path | None = None):
         self.path = Path(path)
+        self.previous = previous
         self.runtime = runtime
         self.identity = config_hash(cfg)
         self.config = OmegaConf.to_container(identity_config(cfg), resolve=True)
+        self.rows: list[dict] = []   # every epoch's metrics row so far, as metrics.jsonl holds them
+
+    def _rows_through(self, state: TrainState) -> list[dict]:
+        """The rows of epochs 1..``state.epochs_completed`` (the newest is ``state.last``)."""
+        if state.last is None:
+            return []
+        epoch = int(state.last[M.EPOCH])
+        return [row for row in self.rows if int(row[M.EPOCH]) < epoch] + [json_safe(state.last)]
 
     def save(self, trainer: Trainer, state: TrainState) -> None:
         """A collective when distributed: every rank must call it at the same point."""
@@ -49,6 +60,7 @@ class Checkpointer:
         if not is_main_process(self.runtime):
             return
         scaler = trainer.scaler.state_dict() if trainer.scaler is not None else None
+        self.rows = self._rows_through(state)
         payload = {
             "format": FORMAT_VERSION,
             "config_hash": self.identity,
@@ -61,11 +73,12 @@ class Checkpointer:
             "world_size": self.runtime.world_size,
             "train_state": {
                 "epochs_completed": state.epochs_completed, "last": state.last, "best": state.best,
+                "rows": self.rows,
                 "wandb_run_id": state.wandb_run_id, "initial": state.initial,
                 "in_epoch": None if in_epoch is None else in_epoch.position(),
             },
         }
-        save_checkpoint(payload, self.path)
+        save_checkpoint(payload, self.path, previous=self.previous)
         where = (f"epoch {state.epochs_completed}" if state.in_epoch is None else
                  f"epoch {state.in_epoch.epoch + 1}, batch {state.in_epoch.batches}")
         log.info("Checkpoint saved (%s): %s", where, self.path)
@@ -83,6 +96,7 @@ class Checkpointer:
         mine = self._this_ranks_part(payload)
         restore_rng_states(mine["rng"])
         saved = payload["train_state"]
+        self.rows = list(saved.get("rows") or [])
         in_epoch = None
         if saved["in_epoch"] is not None:
             in_epoch = EpochProgress.restore(saved["in_epoch"], mine["epoch_totals"], self.runtime.device)

@@ -41,7 +41,14 @@ from dualadam.training.optimizers import build_optimizer, warmup_steps
 from dualadam.training.preemption import Preempted, PreemptionFlag
 from dualadam.training.progress_log import describe_ending
 from dualadam.training.resume import Checkpointer
-from dualadam.training.run_directory import CHECKPOINT_FILE, RunLock, RunStart, plan_run_start
+from dualadam.training.run_directory import (
+    CHECKPOINT_FILE,
+    PREVIOUS_CHECKPOINT_FILE,
+    RunInProgress,
+    RunLock,
+    RunStart,
+    plan_run_start,
+)
 from dualadam.training.runtime import Runtime, progress_enabled, resolve_runtime, seed_everything
 from dualadam.training.schedulers import TrainingLength, build_lr_scheduler
 from dualadam.training.tasks import build_task
@@ -81,7 +88,7 @@ def summarize(cfg: DictConfig, state: TrainState, *, status: str, runtime: Runti
         "initial": state.initial,   # trainer.eval_before_training: the evaluation before the first step
         "monitor": cfg.trainer.monitor,
         "config_hash": out.config_hash(cfg),
-        "git": out.git_commit(),
+        "git": out.code_version(),   # this attempt's code; "attempts" lists every attempt's
         "versions": out.package_versions(),
         "hardware": out.hardware(runtime.device) if runtime else None,
         "precision": runtime.precision if runtime else None,
@@ -115,7 +122,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 def agree_on_start(run_dir: Path, cfg: DictConfig, runtime: Runtime) -> RunStart:
-    """Rank 0 inspects the run directory; the other ranks follow its decision and read the checkpoint."""
+    """Rank 0 inspects the run directory; the other ranks follow its decision and read the same checkpoint."""
     resume = bool(cfg.trainer.get("resume", True))
     if runtime.world_size == 1:
         return plan_run_start(run_dir, cfg, resume=resume)
@@ -123,7 +130,7 @@ def agree_on_start(run_dir: Path, cfg: DictConfig, runtime: Runtime) -> RunStart
     if is_main_process(runtime):
         try:
             start = plan_run_start(run_dir, cfg, resume=resume)
-            outcome = (start.action, start.previous, start.load_error)
+            outcome = (start.action, start.previous, start.load_error, start.checkpoint_file, start.rows)
         except Exception as error:  # raised on every rank below, instead of leaving them waiting
             outcome = error
     outcome = broadcast_object(outcome, runtime)
@@ -131,9 +138,29 @@ def agree_on_start(run_dir: Path, cfg: DictConfig, runtime: Runtime) -> RunStart
         raise outcome
     if start is not None:
         return start
-    action, previous, load_error = outcome
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE) if action == "resume" else None
-    return RunStart(action, previous=previous, checkpoint=checkpoint, load_error=load_error)
+    action, previous, load_error, checkpoint_file, rows = outcome
+    checkpoint = load_checkpoint(checkpoint_file) if action == "resume" else None
+    return RunStart(action, previous=previous, checkpoint=checkpoint, load_error=load_error,
+                    checkpoint_file=checkpoint_file, rows=rows)
+
+
+def hydra_choices() -> dict:
+    """The config group choices of the Hydra job running now (``optimizer: adam_matched_warmup``), if any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in OmegaConf.to_container(HydraConfig.get().runtime.choices).items() if v is not None}
+
+
+def earlier_attempts(previous: dict | None) -> list[dict]:
+    """The attempts ``summary.json`` lists; a summary from before attempts were listed counts as one."""
+    if previous is None:
+        return []
+    if previous.get("attempts"):
+        return list(previous["attempts"])
+    return [{"attempt": 1, **(previous.get("git") or {"commit": None, "dirty": None}), "diff": None,
+             "versions": previous.get("versions"), "host": previous.get("host")}]
 
 
 class Attempt:
@@ -150,22 +177,40 @@ class Attempt:
                                  run_id=None if under_wandb_agent else start.wandb_run_id)
         self.state, self.status, self.ending = TrainState(), "failed", {}
         self.began = time.perf_counter()
+        self.attempts = self.record_attempt() if self.main else []
+
+    def record_attempt(self) -> list[dict]:
+        """This attempt's code (commit, dirty flag, the diff itself when dirty) and versions, after the earlier
+        attempts'; on the first attempt also ``config.json``, the record of what the run trains."""
+        out.write_run_config(self.run_dir, out.run_config_record(self.cfg, hydra_choices()))
+        attempts = earlier_attempts(self.start.previous)
+        diffs = (int(p.stem.split("-")[1]) for p in self.run_dir.glob("attempt-*.diff") if p.stem[8:].isdigit())
+        number = max([*(a.get("attempt") or 0 for a in attempts), *diffs], default=0) + 1  # never reuse a diff
+        code = out.git_commit() or {"commit": None, "dirty": None, "diff": None}
+        diff = self.files.write_diff(number, code["diff"]) if code.get("diff") else None
+        return [*attempts, {"attempt": number, "commit": code["commit"], "dirty": code["dirty"], "diff": diff,
+                            "versions": out.package_versions(), "host": os.uname().nodename,
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
 
     def summary(self, status: str) -> dict:
-        return summarize(self.cfg, self.state, status=status, runtime=self.runtime, wandb=self.wandb,
-                         seconds=time.perf_counter() - self.began, run_dir=self.run_dir, ending=self.ending)
+        summary = summarize(self.cfg, self.state, status=status, runtime=self.runtime, wandb=self.wandb,
+                            seconds=time.perf_counter() - self.began, run_dir=self.run_dir, ending=self.ending)
+        return {**summary, "attempts": self.attempts}
 
     def train(self, preemption: PreemptionFlag) -> None:
         cfg, runtime = self.cfg, self.runtime
         if self.start.load_error is not None:
             raise self.start.load_error
         seed_everything(cfg.seed, deterministic=cfg.trainer.deterministic)
-        checkpointer = Checkpointer(self.run_dir / CHECKPOINT_FILE, runtime, cfg)
+        checkpointer = Checkpointer(self.run_dir / CHECKPOINT_FILE, runtime, cfg,
+                                    previous=self.run_dir / PREVIOUS_CHECKPOINT_FILE)
         guard = TrainingGuard(runtime, check_every=int(cfg.trainer.get("check_every", 50)), preemption=preemption)
         trainer = build_trainer(cfg, runtime, [self.files, self.wandb] if self.main else [], guard=guard,
                                 checkpointer=checkpointer)
         if self.start.checkpoint is not None:
             self.state = checkpointer.restore(trainer, self.start.checkpoint)
+        if self.start.rows is not None:
+            checkpointer.rows = list(self.start.rows)   # metrics.jsonl's rows, as plan_run_start verified them
         if self.main:
             self.wandb.start()
             self.state.wandb_run_id = self.wandb.run_id
@@ -226,10 +271,26 @@ def run_attempt(cfg: DictConfig, run_dir: Path, runtime: Runtime, start: RunStar
 
 def record_failed_start(cfg: DictConfig) -> None:
     """For a sweep job rejected before its run began (a bad config): the current exception in ``error.txt``
-    and a ``failed`` summary, so the sweep's directories tell every job's fate."""
+    and a ``failed`` summary, so the sweep's directories tell every job's fate. Only in a directory that holds
+    no run yet, and under the run's lock: a rejected launch never changes an existing run's records (a finished
+    sweep relaunched with stricter validation keeps every completed summary)."""
     run_dir = Path(cfg.run_dir).resolve()
-    files = out.RunOutputs(run_dir)
-    files.write_error()
-    wandb = WandbLogger(cfg.logger, run_dir, config={})
-    files.write_summary(summarize(cfg, TrainState(), status="failed", runtime=None, wandb=wandb, seconds=0.0,
-                                  run_dir=run_dir))
+    if _holds_a_run(run_dir):
+        log.error("%s holds an earlier run's records; they are left as they are", run_dir)
+        return
+    try:
+        with RunLock(run_dir):
+            if _holds_a_run(run_dir):
+                return
+            files = out.RunOutputs(run_dir)
+            files.write_error()
+            wandb = WandbLogger(cfg.logger, run_dir, config={})
+            files.write_summary(summarize(cfg, TrainState(), status="failed", runtime=None, wandb=wandb,
+                                          seconds=0.0, run_dir=run_dir))
+    except RunInProgress:
+        log.error("%s is being trained by another process; its records are left as they are", run_dir)
+
+
+def _holds_a_run(run_dir: Path) -> bool:
+    names = (out.SUMMARY_FILE, out.METRICS_FILE, out.CONFIG_FILE, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)
+    return any((run_dir / name).exists() for name in names)
