@@ -137,7 +137,7 @@ def test_run_with_validation_records_val_metrics_and_selects_the_best_epoch_on_t
     assert [list(row) for row in rows] == [list(M.epoch_metric_keys(True))] * 3
     assert all(math.isfinite(row[M.VAL_LOSS]) and 0 <= row[M.VAL_ACC] <= 100 for row in rows)
     best = max(rows, key=lambda row: (row[M.VAL_ACC], -row[M.EPOCH]))   # the first epoch with the best val/acc
-    assert summary["best"] == best and summary["monitor"] == M.VAL_ACC
+    assert summary["best"] == best and summary["monitor"] == M.VAL_ACC and summary["best_selected_on"] == "val"
 
     records = wandb_records(Path(cfg.run_dir))
     history = [r["history"]["item"] for r in records if r["type"] == "history"]
@@ -149,9 +149,10 @@ def test_run_with_validation_records_val_metrics_and_selects_the_best_epoch_on_t
 
 def test_run_without_validation_records_no_val_keys(make_cfg):
     cfg = make_cfg()
-    train(cfg)
+    summary = train(cfg)
     (row,) = read_metrics(cfg.run_dir)
     assert list(row) == list(M.EPOCH_METRIC_KEYS)
+    assert summary["best_selected_on"] == "test"   # the paper protocol, labelled as such
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -37,6 +37,7 @@ from dualadam.training.distributed import (
 )
 from dualadam.training.final_analysis import final_sharpness
 from dualadam.training.guard import Diverged, TrainingGuard
+from dualadam.training.metrics import selection_split
 from dualadam.training.optimizers import build_optimizer, warmup_steps
 from dualadam.training.preemption import Preempted, PreemptionFlag
 from dualadam.training.progress_log import describe_ending
@@ -87,6 +88,7 @@ def summarize(cfg: DictConfig, state: TrainState, *, status: str, runtime: Runti
         "best": state.best,
         "initial": state.initial,   # trainer.eval_before_training: the evaluation before the first step
         "monitor": cfg.trainer.monitor,
+        "best_selected_on": selection_split(cfg.trainer.monitor),  # "val"; "test" is the paper protocol
         "config_hash": out.config_hash(cfg),
         "git": out.code_version(),   # this attempt's code; "attempts" lists every attempt's
         "versions": out.package_versions(),
