@@ -48,9 +48,7 @@ from pathlib import Path
 import torch
 
 from dualadam import DualAdam
-from dualadam.atomic_files import atomic_write
-from dualadam.reporting.bench_context import bench_context, describe, load_average
-from dualadam.reporting.readme_blocks import rewrite_block
+from dualadam.reporting.bench_context import bench_context, describe, load_average, publish
 
 BLOCK = "bench-optim"
 BLEND_SWITCH_RATE, AFTER_SWITCH_RATE = 8e-5, 1.0  # 1.0: alpha is 0 from the first step on
@@ -424,11 +422,7 @@ def main(argv=None) -> None:
             print(f"  {name} ...", flush=True)
             results["cases"][name] = measure_case(args, name, cache_root)
     results["context"]["load_end"] = load_average()
-    print("\n" + render_block(results))
-    atomic_write(args.json, lambda file: file.write((json.dumps(results, indent=1) + "\n").encode()))
-    if args.readme is not None:
-        rewrite_block(args.readme, BLOCK, render_block(results))
-        print(f"rewrote the {BLOCK} block of {args.readme}")
+    publish(results, BLOCK, render_block(results), args.json, args.readme)
     print(summary_line(results))
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import random
 import statistics
@@ -47,10 +46,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from torchvision import transforms as T
 
-from dualadam.atomic_files import atomic_write
 from dualadam.models import build_model
-from dualadam.reporting.bench_context import bench_context, describe, load_average
-from dualadam.reporting.readme_blocks import rewrite_block
+from dualadam.reporting.bench_context import bench_context, describe, load_average, publish
 from dualadam.training.optimizers import build_optimizer
 from dualadam.training.run import build_trainer
 from dualadam.training.runtime import Runtime, resolve_runtime, seed_everything
@@ -374,11 +371,7 @@ def main(argv=None) -> None:
     results["summary"] = summarize(measure(pipelines, args.rounds), args.steps * args.batch_size)
     results["loaders_alone"] = loader_rates(pipelines, batches=3 if args.quick else 40)
     results["context"]["load_end"] = load_average()
-    print("\n" + render_block(results))
-    atomic_write(args.json, lambda file: file.write((json.dumps(results, indent=1) + "\n").encode()))
-    if args.readme is not None:
-        rewrite_block(args.readme, BLOCK, render_block(results))
-        print(f"rewrote the {BLOCK} block of {args.readme}")
+    publish(results, BLOCK, render_block(results), args.json, args.readme)
     summary = results["summary"]
     print(f"bench-train: vs_bare_loop={summary['vs_bare_loop']['median']:.4f} data_wait={summary['data_wait']:.4f} "
           f"vs_torchvision_loader={summary['vs_torchvision_loader']['median']:.4f}")
