@@ -66,6 +66,8 @@ def main(cfg: DictConfig) -> float | None:
         summary = train(cfg)
     except Exception as error:
         if not _in_multirun():
+            if isinstance(error, ConfigError):  # the message says it all; a traceback would bury it
+                raise SystemExit(f"Config error: {error}") from None
             raise
         if isinstance(error, ConfigError):
             from dualadam.training.run import record_failed_start

@@ -176,6 +176,7 @@ def test_module_entrypoint_rejects_a_bad_override_naming_the_key(tmp_path, isola
                             timeout=300)
     assert result.returncode != 0
     assert "optimizer.lr=-1" in result.stderr and "learning rate > 0" in result.stderr
+    assert result.stderr.startswith("Config error: ") and "Traceback" not in result.stderr   # the message alone
     assert not (tmp_path / "bad" / SUMMARY_FILE).exists()
 
 
