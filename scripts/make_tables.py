@@ -12,8 +12,8 @@ A study is the ``logger.group`` a run was launched with (each ``configs/experime
 repository's committed ``results/<study>/`` only when asked (``--committed``, as the committed studies' make
 targets do, or ``--results <folder>``). README blocks are rewritten only with ``--committed`` or ``--readme``. Runs are merged into the
 study's CSVs (a run found again replaces its rows); then every study with a ``runs.csv`` gets ``table.md``,
-``table.tex``, ``test_acc.png``, ``gap_acc.png`` and ``README.md``, and every
-``<!-- results:<study>:begin/end -->`` block of the ``--readme`` files is rewritten. Each table ends with
+``table.tex``, ``test_acc.png``, ``gap_acc.png``, ``seeds.png``, ``schedules.png`` and ``README.md``, and
+every ``<!-- results:<study>:begin/end -->`` block of the ``--readme`` files is rewritten. Each table ends with
 seed-paired comparisons against the reference (and DualAdam against the matched-warmup control) and their
 verdict lines (docs/statistics.md). The same CSVs always give the same bytes.
 """

@@ -17,6 +17,7 @@ from dualadam.compare.jobs import Job, Stage
 from dualadam.compare.search import Tuning
 from dualadam.compare.search_space import Parameter, check_fits_run, load_search_space, training_values
 from dualadam.compare.settings import Protocol
+from dualadam.reporting.review_plots import SENSITIVITY_PNG, plot_sensitivity
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ def run_protocol(protocol: Protocol, launch: Launch) -> dict:
     if path.is_file() and path.read_text() == text:
         log.info("report: %s unchanged; tables left as they are", path)
         return record
+    plot_sensitivity(record, protocol.results / SENSITIVITY_PNG)   # first: the study README links it
     make_tables(protocol, confirm)
     atomic_write(path, lambda f: f.write(text.encode()))
     return record

@@ -1,6 +1,6 @@
 """One study's report, built only from ``results/<study>/runs.csv`` and ``epochs.csv``: ``table.md``,
-``table.tex``, ``test_acc.png``, ``gap_acc.png``, ``README.md``, and the ``<!-- results:<study>:... -->`` blocks of
-other Markdown files."""
+``table.tex``, ``test_acc.png``, ``gap_acc.png``, ``seeds.png``, ``schedules.png``, ``README.md``, and the
+``<!-- results:<study>:... -->`` blocks of other Markdown files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dualadam.reporting.aggregate import StudyTable, build_study_table
-from dualadam.reporting.plots import CURVES, plot_study_curves
+from dualadam.reporting.plots import plot_study_curves
 from dualadam.reporting.readme_blocks import block_names, rewrite_block
 from dualadam.reporting.render import (
     key_header,
@@ -20,12 +20,21 @@ from dualadam.reporting.render import (
     paired_comparisons_section,
 )
 from dualadam.reporting.results_csv import EPOCHS_FILE, RUNS_FILE, read_rows
+from dualadam.reporting.review_plots import (
+    SCHEDULES_PNG,
+    SEEDS_PNG,
+    SENSITIVITY_PNG,
+    plot_schedules,
+    plot_seeds,
+)
 from dualadam.reporting.statistics import HEADLINE, ComparisonPlan, compare_study
 from dualadam.training.metrics import TEST_ACC
 
 BLOCK_PREFIX = "results:"
 TABLE_MD, TABLE_TEX, README = "table.md", "table.tex", "README.md"
 CURVE_TITLES = {"test_acc.png": "Test accuracy per epoch", "gap_acc.png": "Generalization gap per epoch"}
+REVIEW_TITLES = {SEEDS_PNG: "Final test accuracy per seed", SCHEDULES_PNG: "lr and alpha per epoch",
+                 SENSITIVITY_PNG: "Tuning score against each searched parameter"}
 
 
 @dataclass
@@ -78,8 +87,15 @@ def study_markdown(study: Study, relative_to: Path, plan: ComparisonPlan | None 
     parts.append(not_averaged_list(table))
     parts.append(code_note(table))
     parts.append(paired_comparisons_section(compare_study(table, HEADLINE, plan), table))
-    parts.append(" ".join(f"![{CURVE_TITLES[name]}]({_link(study.folder / name, relative_to)})" for name in CURVES))
+    parts.append(figures_line(study, relative_to))
     return "\n\n".join(parts) + "\n"
+
+
+def figures_line(study: Study, relative_to: Path) -> str:
+    """The study's figures as Markdown images; the sensitivity plot only where a compare run drew it."""
+    titles = {**CURVE_TITLES, **{k: v for k, v in REVIEW_TITLES.items()
+                                 if k != SENSITIVITY_PNG or (study.folder / k).is_file()}}
+    return " ".join(f"![{title}]({_link(study.folder / name, relative_to)})" for name, title in titles.items())
 
 
 def _code_of_runs(table: StudyTable) -> str:
@@ -113,6 +129,9 @@ def write_study_report(study: Study, command: str | None = None, plan: Compariso
         if table.grouping_keys else ""
     paths = plot_study_curves(study.name, table.headline_groups(), table.grouping_keys, study.epoch_rows, folder,
                               note)
+    groups = table.headline_groups()
+    paths += [plot_seeds(study.name, groups, table.grouping_keys, folder / SEEDS_PNG),
+              plot_schedules(study.name, groups, study.epoch_rows, folder / SCHEDULES_PNG)]
     body = study_markdown(study, folder, plan)
     caption = (f"{study.name}: mean ± sample std over seeds (n runs averaged) of the final and best test "
                "accuracy, the final train-eval accuracy and the gap (train-eval minus test, pp); 95% CI of the "
