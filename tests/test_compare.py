@@ -167,6 +167,8 @@ def test_compare_tunes_selects_confirms_and_reports_then_a_relaunch_does_nothing
     assert sorted((r["optimizer"], int(r["seed"])) for r in rows) == [
         (name, seed) for name in ("adam", "dualadam") for seed in (1, 2, 3, 4, 5)]
     assert (results / "table.md").is_file()
+    assert "](sensitivity.png)" in (results / "README.md").read_text()   # drawn from the trials, then linked
+    assert (results / "sensitivity.png").read_bytes().startswith(b"\x89PNG")
 
     before = {**run_files(study), **run_files(results)}
     assert compare_main(protocol_args(tmp_path)) == record
