@@ -24,6 +24,7 @@ from dualadam.reporting.review_plots import (
 STUDY = "review_fixture"
 FINAL_ACC = {"adam": [61.0, 63.5, 62.0], "adam_matched_warmup": [62.0, 63.0, 62.5], "dualadam": [63.0, 64.5, 62.5]}
 EPOCHS, STEPS_PER_EPOCH = 4, 10
+SPACES = {"lr": (1e-4, 3e-2), "blend_fraction": (0.02, 0.5), "warmup_fraction": (0.02, 0.5)}
 
 
 def _lr_alpha(optimizer: str, epoch: int) -> tuple[float, float | None]:
@@ -86,7 +87,11 @@ def protocol_fixture() -> dict:
     return {"study": STUDY, "budget": {"trials_per_optimizer": 4, "tune_seed": 0, "confirm_seeds": [1, 2],
                                        "n": 2, "parallel": 1},
             "score": {"metric": "val/acc", "epoch": "final", "direction": "maximize"}, "total_steps": 40,
-            "search_spaces": {}, "trials": trials, "selections": selections, "confirmation": {}}
+            "search_spaces": {name: {param: {"key": param, "low": low, "high": high, "log": True, "as": "value"}
+                                     for param, (low, high) in SPACES.items() if param in space}
+                              for name, space in (("adam", "lr"), ("dualadam", "lr blend_fraction"),
+                                                  ("adam_matched_warmup", "lr warmup_fraction"))},
+            "trials": trials, "selections": selections, "confirmation": {}}
 
 
 def is_png(path: Path) -> bool:

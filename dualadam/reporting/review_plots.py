@@ -13,10 +13,11 @@ Rendered by Agg without pyplot, with the same byte-repeatable PNG metadata as ``
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from dualadam.reporting.aggregate import Group
 from dualadam.reporting.plots import COLORS, PNG_METADATA, curve
@@ -121,6 +122,26 @@ def _panels(record: dict) -> list[str]:
     return panels
 
 
+def _panel_bounds(record: dict, panel: str) -> tuple[float, float] | None:
+    """The searched range of the panel's parameters (all optimizers), so a trial shows where it fell in it."""
+    ranges = [(space["low"], space["high"]) for spaces in record.get("search_spaces", {}).values()
+              for param, space in spaces.items() if PANEL_OF_PARAM.get(param, param) == panel]
+    return (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
+
+
+def _log_axis(ax, bounds: tuple[float, float] | None) -> None:
+    """Log x with plain labels at each decade, or at 1, 2 and 5 per decade over a short range (where
+    matplotlib's own minor labels overlap)."""
+    ax.set_xscale("log")
+    if bounds:
+        ax.set_xlim(bounds[0] / 1.1, bounds[1] * 1.1)
+    low, high = ax.get_xlim()
+    wide = math.log10(high / low) > 1.5     # then decades only: 1, 2, 5 labels would overlap
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _check_record(record: dict, source: str) -> None:
     for key in ("study", "trials", "selections", "score"):
         if key not in record:
@@ -129,7 +150,8 @@ def _check_record(record: dict, source: str) -> None:
 
 
 def plot_sensitivity(record: dict, path: Path, source: str = "the protocol record") -> Path:
-    """Each optimizer's tuning score against each searched parameter (log x), its selection starred."""
+    """Each optimizer's tuning score against each searched parameter (log x over the searched range), its
+    selection starred."""
     _check_record(record, source)
     panels = _panels(record)
     fig = Figure(figsize=(4.0 * len(panels), 4.0))
@@ -145,7 +167,7 @@ def plot_sensitivity(record: dict, path: Path, source: str = "the protocol recor
         axes[0].scatter([], [], color=_color(name, index), s=22, label=optimizer_name(name))
     score = record["score"]
     for ax, panel in zip(axes, panels):
-        ax.set_xscale("log")
+        _log_axis(ax, _panel_bounds(record, panel))
         ax.set_xlabel(panel, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{score.get('metric')} at the {score.get('epoch', 'final')} epoch (tuning runs)")
