@@ -561,6 +561,11 @@ def test_cost_counts_training_flops_and_sweep_jobs():
     assert cost.flops_per_image(model, 2, train=False) == forward
     assert cost.flops_per_image(model, 2, train=True) == 2 * forward + 2 * 5 * 3
     assert cost.sweep_size({"optimizer": "adam,dualadam,invadam", "optimizer.lr": "1e-3,1e-2", "seed": "0"}) == 6
+    # A tuned study: K trials and N confirmation seeds per optimizer; otherwise the sweep.
+    tuned = OmegaConf.create({"compare": {"optimizers": ["adam", "sgd"], "trials": 3, "confirm_seeds": [1, 2, 3, 4, 5]}})
+    assert cost.run_count(tuned) == 2 * (3 + 5)
+    swept = OmegaConf.create({"hydra": {"sweeper": {"params": {"optimizer": "adam,sgd", "seed": "0,1,2"}}}})
+    assert cost.run_count(swept) == 6
 
 
 @pytest.mark.slow
