@@ -220,7 +220,7 @@ def run_root(tmp_path_factory) -> Path:
     diverging = compose_train_config([*base, *TINY_RUNS, "optimizer=dualadam", "optimizer.lr=1e6"], fast=False)
     save_config_and_train(diverging, root / "diverged")
     missing = compose_train_config([*base, "optimizer=adam", "dataset=cifar10", f"dataset.root={root / 'none'}",
-                                    "dataset.download=false"], fast=False)
+                                    "dataset.download=false", "++dataset.val_size=16"], fast=False)  # as TINY_RUNS
     with pytest.raises(Exception, match="cifar10"):
         save_config_and_train(missing, root / "failed")
     return root
