@@ -55,6 +55,8 @@ escape: $(STAMP) ## Diffusion-theory escape experiment: SGD/Adam/InvAdam/DualAda
 STUDY_ARGS ?=
 TABLES_ARGS ?=
 STUDY = $(PY) -m dualadam.train -m experiment=$(subst -,_,$@) $(STUDY_ARGS)
+# The fair studies are tuned comparisons: tune on a validation split, select, confirm at 5 seeds, report.
+TUNED_STUDY = $(PY) -m dualadam.compare experiment=$(subst -,_,$@) $(STUDY_ARGS)
 .PHONY: paper-cifar10-resnet18 paper-cifar10-resnet50 paper-cifar10-vit paper-cifar100-resnet18 \
 	paper-cifar100-resnet50 paper-cifar100-vit paper-tinyimagenet-vgg16 paper-tinyimagenet-vit paper-imagenet-vit \
 	fair-cifar10-resnet18 fair-cifar10-vit paper-cost tables
@@ -77,12 +79,12 @@ paper-tinyimagenet-vit: $(STAMP) ## Paper table: Tiny-ImageNet, ViT 64/8 (GPU; d
 	$(STUDY)
 paper-imagenet-vit: $(STAMP) ## Paper table: ImageNet, ViT 224/16 (GPUs; data placed by hand)
 	$(STUDY)
-fair-cifar10-resnet18: $(STAMP) ## Fair protocol: per-optimizer lr grid, 3 seeds, matched-warmup control (105 runs)
-	$(STUDY)
-fair-cifar10-vit: $(STAMP) ## Fair protocol on CIFAR-10, ViT 32/4 (105 runs)
-	$(STUDY)
+fair-cifar10-resnet18: $(STAMP) ## Fair protocol: tuned on a val split, 5 optimizers x (8 trials + 5 seeds) = 65 runs
+	$(TUNED_STUDY)
+fair-cifar10-vit: $(STAMP) ## Fair protocol on CIFAR-10, ViT 32/4 (65 runs)
+	$(TUNED_STUDY)
 
-paper-cost: $(STAMP) ## GPU-hours of each paper/fair study from measured FLOPs -> experiments/paper/README.md
+paper-cost: $(STAMP) ## GPU-hours of each paper/fair/tuned study from measured FLOPs -> experiments/paper/README.md
 	$(PY) experiments/paper/cost.py --readme experiments/paper/README.md
 
 tables: $(STAMP) ## Runs -> outputs/results/<study>/; committed results/ -> tables, README blocks (TABLES_ARGS="--wandb")

@@ -2,8 +2,7 @@
 
 Every ``configs/experiment/*.yaml`` composes and trains one step on synthetic data; the paper configs pin the
 authors' protocol. The tables are built from a fixture of real runs: a Hydra multirun of an experiment config
-(2 optimizers x the 3 seeds its own ``hydra.sweeper.params`` list, 2 epochs), a run that diverges and one that
-fails.
+(2 optimizers x 3 seeds, 2 epochs), a run that diverges and one that fails.
 """
 
 from __future__ import annotations
@@ -25,6 +24,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 from scipy import stats as scipy_stats
 
+from dualadam.compare.__main__ import prepare
+from dualadam.compare.search_space import load_search_space
 from dualadam.reporting.aggregate import build_study_table
 from dualadam.reporting.local_runs import read_local_run
 from dualadam.reporting.readme_blocks import read_block
@@ -55,7 +56,9 @@ FAIR_STUDIES = sorted(name for name in EXPERIMENTS if name.startswith("fair_"))
 ONE_STEP = ("dataset=synthetic", "dataset.train_size=32", "dataset.test_size=32", "dataset.train_subset=null",
             "dataset.test_subset=null", "dataset.train_eval_size=null", "trainer.batch_size=32",
             "trainer.epochs=1")
-TINY_RUNS = ("dataset=synthetic", "dataset.train_size=64", "dataset.test_size=32", "model.kwargs.width=4",
+# The fixture study holds a validation split (fair_*: dataset.val_size): 16 of the 64 images.
+TINY_RUNS = ("dataset=synthetic", "dataset.train_size=64", "++dataset.val_size=16", "dataset.test_size=32",
+             "model.kwargs.width=4",
              "trainer.epochs=2")
 # The final solution's sharpness, cheaply (the tables gain its columns when runs have it).
 SHARPNESS = ("analysis.sharpness=true", "analysis.batches=1", "analysis.eig_iters=3", "analysis.trace_samples=2")
@@ -141,25 +144,52 @@ def test_paper_config_pins_the_authors_protocol(name):
 
 
 @pytest.mark.parametrize("name", FAIR_STUDIES)
-def test_fair_config_gives_every_optimizer_the_same_lr_grid_seeds_and_the_warmup_control(name):
+def test_fair_config_is_the_paper_recipe_tuned_on_a_validation_split(name):
     cfg = compose_with_hydra([f"experiment={name}"])
-    assert sweep_values(cfg, "optimizer") == [*PAPER_OPTIMIZERS, "adam_matched_warmup"]
-    grid = [float(v) for v in sweep_values(cfg, "optimizer.lr")]
-    assert len(grid) >= 3 and 1e-2 in grid and grid == sorted(grid)
-    assert len(sweep_values(cfg, "seed")) >= 3
-    # Everything but the lr and the seeds is the paper protocol of the same dataset and model.
+    assert cfg.dataset.val_size == 5000 and cfg.trainer.monitor == "val/acc"
+    assert {"adam", "adamw", "sgd", "dualadam", "adam_matched_warmup"} <= set(cfg.compare.optimizers)
+    # Everything but the split, the monitor, the protocol block, the lr and the seeds is the paper protocol of
+    # the same dataset and model.
     paper = name.replace("fair_", "paper_")
     for optimizer in ("adam", "adam_matched_warmup"):
         fair_cfg = compose_train_config([f"experiment={name}", f"optimizer={optimizer}"], fast=False)
         paper_cfg = compose_train_config([f"experiment={paper}", f"optimizer={optimizer}"], fast=False)
         for cfg_ in (fair_cfg, paper_cfg):
             with open_dict(cfg_):
-                for key in ("seed", "logger", "run_dir"):
-                    del cfg_[key]   # not pop(): run_dir only resolves inside a Hydra job
+                for key in ("seed", "logger", "run_dir", "compare"):
+                    if key in cfg_:
+                        del cfg_[key]   # not pop(): run_dir only resolves inside a Hydra job
                 del cfg_.optimizer["lr"]
+                cfg_.dataset.pop("val_size", None)   # the paper configs hold none out
+                del cfg_.trainer["monitor"]
         assert OmegaConf.to_container(fair_cfg, resolve=True) == OmegaConf.to_container(paper_cfg, resolve=True)
     warmup = compose_train_config([f"experiment={name}", "optimizer=adam_matched_warmup"], fast=False)
     assert warmup.optimizer.matched_switch_rate == 8e-5
+
+
+TUNED_STUDIES = sorted(name for name in EXPERIMENTS  # the studies that `python -m dualadam.compare` runs
+                       if "compare" in OmegaConf.load(CONFIG_DIR / "experiment" / f"{name}.yaml"))
+
+
+def test_the_gpu_scale_studies_are_tuned_studies():
+    assert {*FAIR_STUDIES, "llm_qwen_gsm8k_tuned"} <= set(TUNED_STUDIES)
+
+
+@pytest.mark.parametrize("name", TUNED_STUDIES)
+def test_tuned_study_protocol_validates_with_equal_budgets_and_validation_choices(tmp_path, name):
+    """The settings `python -m dualadam.compare experiment=<name>` checks before any work, and what the
+    protocol requires of them: a search space per optimizer, N >= 5 confirmation seeds, a validation metric
+    that the runs record and monitor."""
+    protocol, _ = prepare([f"experiment={name}", f"compare.folder={tmp_path / 'compare'}"], CONFIG_DIR)
+    assert not (tmp_path / "compare").exists(), "validating the settings started work"
+    assert protocol.study == name and protocol.trials >= 1   # one K, so the same for every optimizer
+    for optimizer in protocol.optimizers:
+        assert load_search_space(CONFIG_DIR, optimizer, protocol.search_space_changes.get(optimizer))["lr"]
+    assert len(protocol.confirm_seeds) >= 5 and protocol.tune_seed not in protocol.confirm_seeds
+    assert protocol.metric.startswith("val/")
+    cfg = compose_train_config([f"experiment={name}"], fast=False)
+    assert cfg.trainer.monitor == protocol.metric
+    assert cfg.dataset.get("val_size") is not None or cfg.dataset.get("val_fraction") is not None
 
 
 # --------------------------------------------------------------------------------------------- the fixture
@@ -176,13 +206,13 @@ def save_config_and_train(cfg, run_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def run_root(tmp_path_factory) -> Path:
-    """Real runs of one study: a Hydra multirun of its experiment config (the optimizers and lr from the
-    command line, the seeds from the file's own sweep), 2 epochs each; plus a DualAdam run that diverges and an
-    Adam run that fails (its dataset is missing)."""
+    """Real runs of one study: a Hydra multirun of its experiment config (the optimizers, lr and seeds 0-2
+    from the command line), 2 epochs each; plus a DualAdam run that diverges and an Adam run that fails (its
+    dataset is missing)."""
     root = tmp_path_factory.mktemp("runs")
     command = [sys.executable, "-m", "dualadam.train", "-m", f"experiment={FIXTURE_STUDY}",
-               f"optimizer={','.join(FIXTURE_OPTIMIZERS)}", "optimizer.lr=0.01", *FAST_OVERRIDES, *TINY_RUNS,
-               *SHARPNESS, "trainer.eval_before_training=true", f"hydra.sweep.dir={root / 'sweep'}"]
+               f"optimizer={','.join(FIXTURE_OPTIMIZERS)}", "optimizer.lr=0.01", "seed=0,1,2", *FAST_OVERRIDES,
+               *TINY_RUNS, *SHARPNESS, "trainer.eval_before_training=true", f"hydra.sweep.dir={root / 'sweep'}"]
     result = subprocess.run(command, cwd=root, env=quiet_env(root), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     base = [*FAST_OVERRIDES, "model.kwargs.width=4", "trainer.epochs=2", f"experiment={FIXTURE_STUDY}", "seed=0",
@@ -190,7 +220,7 @@ def run_root(tmp_path_factory) -> Path:
     diverging = compose_train_config([*base, *TINY_RUNS, "optimizer=dualadam", "optimizer.lr=1e6"], fast=False)
     save_config_and_train(diverging, root / "diverged")
     missing = compose_train_config([*base, "optimizer=adam", "dataset=cifar10", f"dataset.root={root / 'none'}",
-                                    "dataset.download=false"], fast=False)
+                                    "dataset.download=false", "++dataset.val_size=16"], fast=False)  # as TINY_RUNS
     with pytest.raises(Exception, match="cifar10"):
         save_config_and_train(missing, root / "failed")
     return root
@@ -293,8 +323,7 @@ def test_runs_csv_has_one_row_per_run_with_identity_and_outcome(tables, run_root
         assert row["config_hash"] == summary["config_hash"] and row["commit"] == summary["git"]["commit"]
         assert row["study"] == FIXTURE_STUDY
     completed = [r for r in rows if r["status"] == "completed"]
-    # The experiment file's seed sweep ran (Hydra's basic sweeper read hydra.sweeper.params from it), and
-    # the command line replaced its optimizer and lr lists.
+    # The command line's sweep ran: every optimizer at every seed, at its one lr.
     assert sorted((r["optimizer"], r["seed"]) for r in completed) == [
         (o, s) for o in FIXTURE_OPTIMIZERS for s in (0, 1, 2)]
     assert {r["lr"] for r in completed} == {1e-2}
@@ -532,6 +561,11 @@ def test_cost_counts_training_flops_and_sweep_jobs():
     assert cost.flops_per_image(model, 2, train=False) == forward
     assert cost.flops_per_image(model, 2, train=True) == 2 * forward + 2 * 5 * 3
     assert cost.sweep_size({"optimizer": "adam,dualadam,invadam", "optimizer.lr": "1e-3,1e-2", "seed": "0"}) == 6
+    # A tuned study: K trials and N confirmation seeds per optimizer; otherwise the sweep.
+    tuned = OmegaConf.create({"compare": {"optimizers": ["adam", "sgd"], "trials": 3, "confirm_seeds": [1, 2, 3, 4, 5]}})
+    assert cost.run_count(tuned) == 2 * (3 + 5)
+    swept = OmegaConf.create({"hydra": {"sweeper": {"params": {"optimizer": "adam,sgd", "seed": "0,1,2"}}}})
+    assert cost.run_count(swept) == 6
 
 
 @pytest.mark.slow
