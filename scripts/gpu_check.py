@@ -41,9 +41,8 @@ from pathlib import Path
 
 import torch
 
-from dualadam.atomic_files import atomic_write
-from dualadam.reporting.bench_context import bench_context, describe, load_average
-from dualadam.reporting.readme_blocks import rewrite_block
+from dualadam.atomic_files import atomic_write_text
+from dualadam.reporting.bench_context import bench_context, describe, load_average, publish
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = "gpu-check"
@@ -372,12 +371,8 @@ def main(argv=None) -> None:
         print(f"  {name} ...", flush=True)
         results["stages"][name] = STAGES[name](args)
         results["context"]["load_end"] = load_average()
-        atomic_write(args.out, lambda file: file.write((json.dumps(results, indent=1) + "\n").encode()))
-    summary = render(results)
-    print("\n" + summary)
-    if args.readme is not None:
-        rewrite_block(args.readme, BLOCK, summary)
-        print(f"rewrote the {BLOCK} block of {args.readme}")
+        atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")   # what is done survives a later stage
+    publish(results, BLOCK, render(results), args.out, args.readme)
 
 
 if __name__ == "__main__":
