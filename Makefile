@@ -118,7 +118,7 @@ study-llm: $(STAMP) ## The CPU LLM study (~76 min on 2 cores): LoRA SmolLM2-135M
 # overrides, e.g. COMPARE_ARGS="hydra/launcher=slurm" or "hparams_search=tpe".
 EXPERIMENT ?= cpu_cifar10_tuned
 COMPARE_ARGS ?=
-compare: $(STAMP) ## Tuned comparison (~80 min on 2 cores): EXPERIMENT=cpu_cifar10_tuned; tune, select, confirm, report
+compare: $(STAMP) ## Tuned comparison (~90 min on 2 cores): EXPERIMENT=cpu_cifar10_tuned; tune, select, confirm, report
 	$(PY) -m dualadam.data.prepare --if-available
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.compare experiment=$(EXPERIMENT) $(COMPARE_ARGS)
 
