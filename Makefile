@@ -92,14 +92,14 @@ tables: $(STAMP) ## Runs -> outputs/results/<study>/; committed results/ -> tabl
 	$(PY) scripts/make_tables.py --committed --no-collect --readme README.md
 
 demo: $(STAMP) ## Quick start (~3 min on 2 cores): Adam vs DualAdam vs matched warmup on real CIFAR-10; table + plot
-	$(PY) -m dualadam.data.prepare --if-available
+	$(PY) -m dualadam.tasks.image.data.prepare --if-available
 	$(PY) -m dualadam.train -m experiment=demo_cifar10 $(STUDY_ARGS)
 	$(PY) scripts/make_tables.py --roots outputs/studies/demo_cifar10 --study demo_cifar10 --results outputs/demo_results --no-readme --print
 
 # Small CNNs use 2 cores better as two 1-thread processes than as one 2-thread process, so the study's
 # sweep runs in two halves side by side (each half is an ordinary Hydra multirun; run folders never collide).
 study-cpu: $(STAMP) ## The CPU CIFAR-10 study (~25 min on 2 cores): 6 optimizers x 3 seeds -> results/ and README
-	$(PY) -m dualadam.data.prepare --if-available
+	$(PY) -m dualadam.tasks.image.data.prepare --if-available
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=cpu_cifar10_study optimizer=adam,adamw,dualadam $(STUDY_ARGS) & \
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=cpu_cifar10_study optimizer=invadam,adam_matched_warmup,sgd $(STUDY_ARGS) & \
 	wait
@@ -119,11 +119,11 @@ study-llm: $(STAMP) ## The CPU LLM study (~76 min on 2 cores): LoRA SmolLM2-135M
 EXPERIMENT ?= cpu_cifar10_tuned
 COMPARE_ARGS ?=
 compare: $(STAMP) ## Tuned comparison (~90 min on 2 cores): EXPERIMENT=cpu_cifar10_tuned; tune, select, confirm, report
-	$(PY) -m dualadam.data.prepare --if-available
+	$(PY) -m dualadam.tasks.image.data.prepare --if-available
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.compare experiment=$(EXPERIMENT) $(COMPARE_ARGS)
 
 data: $(STAMP) ## Unpack the shared CIFAR-10 copy (../shared/data) into $DUALADAM_DATA/cifar10 (default data/)
-	$(PY) -m dualadam.data.prepare
+	$(PY) -m dualadam.tasks.image.data.prepare
 
 clean: ## Remove caches (keeps .venv and outputs)
 	rm -rf .pytest_cache .ruff_cache

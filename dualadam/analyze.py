@@ -23,12 +23,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dualadam.analysis import write_landscape_plots, write_line_plot
+from dualadam.tasks import build_task
 from dualadam.training.checkpoint import load_checkpoint
 from dualadam.training.final_analysis import final_sharpness, measurement_batches, task_loss
 from dualadam.training.outputs import read_run_config
 from dualadam.training.runtime import resolve_runtime
-from dualadam.training.tasks import build_task
-from dualadam.training.tasks.base import restore_model_checkpoint_state
+from dualadam.training.task import restore_model_checkpoint_state
 
 CHECKPOINT = "last.pt"
 

@@ -46,8 +46,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from torchvision import transforms as T
 
-from dualadam.models import build_model
 from dualadam.reporting.bench_context import bench_context, describe, load_average, publish
+from dualadam.tasks.image.models import build_model
 from dualadam.training.optimizers import build_optimizer
 from dualadam.training.run import build_trainer
 from dualadam.training.runtime import Runtime, resolve_runtime, seed_everything

@@ -168,7 +168,7 @@ QUICK_IMAGES = 128  # --quick: one batch of 128 images per epoch instead of 50,0
 
 def prepare_data(args, out_dir: Path) -> tuple[Path, str]:
     """(data root holding cifar10/, what it is): --data, else the shared tarball, else synthetic JPEGs."""
-    from dualadam.data.prepare import unpack_image_folder_tarball
+    from dualadam.tasks.image.data.prepare import unpack_image_folder_tarball
 
     source = args.data or (SHARED_TARBALL if SHARED_TARBALL.is_file() else None)
     if source is not None and Path(source).is_dir():
@@ -231,7 +231,7 @@ def train_config(root: Path, device: str, images: int | None):
 def train_in_process(args) -> dict:
     import bench_train  # the sibling script: the authors' loader and the bare step
 
-    from dualadam.models import build_model
+    from dualadam.tasks.image.models import build_model
     from dualadam.training.optimizers import build_optimizer
     from dualadam.training.run import build_trainer
     from dualadam.training.runtime import resolve_runtime, seed_everything

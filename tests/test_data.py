@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from dualadam.data import (
+from dualadam.tasks.image.data import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     DATASET_NAMES,
@@ -22,9 +22,9 @@ from dualadam.data import (
     DatasetNotFoundError,
     build_image_data,
 )
-from dualadam.data.loaders import EpochSampler
-from dualadam.data.prepare import SHARED_CIFAR10_SHA256, unpack_image_folder_tarball
-from dualadam.data.sources import balanced_subset
+from dualadam.tasks.image.data.loaders import EpochSampler
+from dualadam.tasks.image.data.prepare import SHARED_CIFAR10_SHA256, unpack_image_folder_tarball
+from dualadam.tasks.image.data.sources import balanced_subset
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from dualadam.data.device_loaders import DeviceEpochLoader
+from dualadam.tasks.image.data.device_loaders import DeviceEpochLoader
 from dualadam.training import metrics as M
 from dualadam.training.optimizers import build_optimizer, fused_kwargs
 from dualadam.training.run import build_trainer, train

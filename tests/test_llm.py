@@ -17,14 +17,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dualadam.llm.answers import extract_answer, is_exact_match
-from dualadam.llm.arithmetic import draw_problems, split_of
-from dualadam.llm.config import validate_llm_config
-from dualadam.llm.errors import LLMConfigError, LLMSetupError
-from dualadam.llm.evaluation import response_token_stats
-from dualadam.llm.examples import Example
-from dualadam.llm.sources import gsm8k_example, load_hf_split, load_splits
-from dualadam.llm.tokenization import IGNORE_INDEX
+from dualadam.tasks.llm.answers import extract_answer, is_exact_match
+from dualadam.tasks.llm.arithmetic import draw_problems, split_of
+from dualadam.tasks.llm.config import validate_llm_config
+from dualadam.tasks.llm.errors import LLMConfigError, LLMSetupError
+from dualadam.tasks.llm.evaluation import response_token_stats
+from dualadam.tasks.llm.examples import Example
+from dualadam.tasks.llm.sources import gsm8k_example, load_hf_split, load_splits
+from dualadam.tasks.llm.tokenization import IGNORE_INDEX
 
 EXTRA_HINT = "needs the llm extra: pip install 'dualadam[llm]'"
 
@@ -230,8 +230,8 @@ def test_config_errors_name_the_key_and_the_valid_values(section, change, messag
 # --- tokenization and the response-only loss (tiny tokenizer: no download) ----------------------------------
 
 def test_loss_mask_covers_exactly_the_response_tokens(llm_extra):
-    from dualadam.llm.models import tiny_char_tokenizer
-    from dualadam.llm.tokenization import (
+    from dualadam.tasks.llm.models import tiny_char_tokenizer
+    from dualadam.tasks.llm.tokenization import (
         collate_for_loss,
         collate_prompts,
         encode_example,
@@ -262,7 +262,7 @@ def test_loss_mask_covers_exactly_the_response_tokens(llm_extra):
 
 
 def test_training_order_is_a_function_of_seed_and_epoch(llm_extra):
-    from dualadam.llm.task import LLMFineTuning
+    from dualadam.tasks.llm.task import LLMFineTuning
 
     task = LLMFineTuning(llm_cfg(), cpu_runtime())
     loader = task.train_loader
@@ -279,9 +279,9 @@ def test_training_order_is_a_function_of_seed_and_epoch(llm_extra):
 
 
 def test_batched_greedy_generation_equals_one_prompt_at_a_time(llm_extra):
-    from dualadam.llm.evaluation import greedy_replies
-    from dualadam.llm.loaders import evaluation_batches
-    from dualadam.llm.task import LLMFineTuning
+    from dualadam.tasks.llm.evaluation import greedy_replies
+    from dualadam.tasks.llm.loaders import evaluation_batches
+    from dualadam.tasks.llm.task import LLMFineTuning
 
     torch.manual_seed(0)
     # A large init scale so the random model's replies differ from prompt to prompt.
@@ -299,7 +299,7 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(llm_extra):
 # --- training through the shared trainer --------------------------------------------------------------------
 
 def test_tiny_llama_trains_through_the_shared_trainer(llm_extra):
-    from dualadam.llm.task import LLMFineTuning
+    from dualadam.tasks.llm.task import LLMFineTuning
     from dualadam.training.metrics import EPOCH_METRIC_KEYS
     from dualadam.training.optimizers import build_optimizer
     from dualadam.training.runtime import seed_everything
@@ -330,8 +330,8 @@ def test_tiny_llama_trains_through_the_shared_trainer(llm_extra):
 
 def test_lora_updates_only_the_adapters(llm_extra):
     import dualadam
-    from dualadam.llm.finetuning import trainable_parameters
-    from dualadam.llm.task import LLMFineTuning
+    from dualadam.tasks.llm.finetuning import trainable_parameters
+    from dualadam.tasks.llm.task import LLMFineTuning
 
     create_optimizer_v2 = dualadam.register_with_timm().create_optimizer_v2
     torch.manual_seed(0)
@@ -356,8 +356,8 @@ def test_lora_updates_only_the_adapters(llm_extra):
 
 
 def test_trainable_state_dict_restores_a_fresh_lora_model(llm_extra):
-    from dualadam.llm.finetuning import load_trainable_state_dict, trainable_state_dict
-    from dualadam.llm.task import LLMFineTuning
+    from dualadam.tasks.llm.finetuning import load_trainable_state_dict, trainable_state_dict
+    from dualadam.tasks.llm.task import LLMFineTuning
 
     cfg = llm_cfg(finetune={"method": "lora"})
     torch.manual_seed(0)
@@ -378,14 +378,14 @@ def test_trainable_state_dict_restores_a_fresh_lora_model(llm_extra):
 
 
 def test_unknown_lora_target_lists_the_model_layers(llm_extra):
-    from dualadam.llm.task import LLMFineTuning
+    from dualadam.tasks.llm.task import LLMFineTuning
 
     with pytest.raises(LLMConfigError, match="c_attn.*q_proj"):
         LLMFineTuning(llm_cfg(finetune={"method": "lora", "lora": {"target_modules": ["c_attn"]}}), cpu_runtime())
 
 
 def test_hub_model_offline_is_a_clear_error(llm_extra, monkeypatch):
-    from dualadam.llm.models import load_causal_lm
+    from dualadam.tasks.llm.models import load_causal_lm
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = OmegaConf.create({"source": "hub", "name": "dualadam-tests/no-such-model", "dtype": "float32"})
@@ -394,8 +394,8 @@ def test_hub_model_offline_is_a_clear_error(llm_extra, monkeypatch):
 
 
 def test_missing_packages_say_what_to_install(monkeypatch):
-    from dualadam.llm import models
-    from dualadam.llm.errors import require
+    from dualadam.tasks.llm import models
+    from dualadam.tasks.llm.errors import require
 
     with pytest.raises(LLMSetupError, match=r"pip install 'dualadam\[llm\]'"):
         require("dualadam_no_such_module")
@@ -409,8 +409,8 @@ def test_missing_packages_say_what_to_install(monkeypatch):
 @pytest.mark.slow
 def test_smollm2_lora_steps_with_dualadam_lower_the_training_loss(llm_extra):
     pytest.importorskip("gguf", reason=EXTRA_HINT)
-    from dualadam.llm.models import smollm2_gguf_path
-    from dualadam.llm.task import LLMFineTuning
+    from dualadam.tasks.llm.models import smollm2_gguf_path
+    from dualadam.tasks.llm.task import LLMFineTuning
     from dualadam.training.optimizers import build_optimizer
 
     try:

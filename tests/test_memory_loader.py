@@ -12,13 +12,13 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from dualadam.data import build_image_data
-from dualadam.data.decoding import decode_images
-from dualadam.data.device_loaders import DeviceEpochLoader, DeviceEvalLoader, rank_slice
-from dualadam.data.device_transforms import Normalizer, gather_augmented
-from dualadam.data.memory import resolve_loader
-from dualadam.data.pixel_cache import CACHE_FOLDER, read_pixels
-from dualadam.data.sources import FileImages
+from dualadam.tasks.image.data import build_image_data
+from dualadam.tasks.image.data.decoding import decode_images
+from dualadam.tasks.image.data.device_loaders import DeviceEpochLoader, DeviceEvalLoader, rank_slice
+from dualadam.tasks.image.data.device_transforms import Normalizer, gather_augmented
+from dualadam.tasks.image.data.memory import resolve_loader
+from dualadam.tasks.image.data.pixel_cache import CACHE_FOLDER, read_pixels
+from dualadam.tasks.image.data.sources import FileImages
 
 CPU = torch.device("cpu")
 PAD = 4

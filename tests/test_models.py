@@ -11,8 +11,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from dualadam.data import DatasetInfo
-from dualadam.models import PAPER_MODELS, build_model, paper_model_names
+from dualadam.tasks.image.data import DatasetInfo
+from dualadam.tasks.image.models import PAPER_MODELS, build_model, paper_model_names
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_IMAGE_SIZE = {"vit_paper_64_8": 64, "vit_paper_224_16": 224}  # the others: 32

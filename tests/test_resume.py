@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from dualadam.data import build_image_data
+from dualadam.tasks.image.data import build_image_data
 from dualadam.training import metrics as M
 from dualadam.training.checkpoint import CorruptCheckpointError, load_checkpoint
 from dualadam.training.outputs import ERROR_FILE, METRICS_FILE, SUMMARY_FILE, config_hash, read_metrics

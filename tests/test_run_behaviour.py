@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from dualadam.tasks.image.task import ImageClassification
 from dualadam.training.outputs import read_metrics
 from dualadam.training.run import train
 from dualadam.training.run_directory import CHECKPOINT_FILE, RunInProgress, RunLock
-from dualadam.training.tasks.image_classification import ImageClassification
 from dualadam.training.wandb_logger import WandbLogger
 from tests.conftest import CONFIG_DIR, FAST_OVERRIDES, SMALL_SYNTHETIC
 from tests.runs import assert_same_run, child_env, one_thread, read_summary, wandb_records, wandb_summary  # noqa: F401

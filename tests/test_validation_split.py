@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dualadam.data import build_image_data
-from dualadam.data.synthetic import synthetic_images
-from dualadam.llm.arithmetic import draw_problems, split_of
-from dualadam.llm.config import validate_dataset
-from dualadam.llm.errors import LLMConfigError
-from dualadam.llm.sources import load_splits
+from dualadam.tasks.image.data import build_image_data
+from dualadam.tasks.image.data.synthetic import synthetic_images
+from dualadam.tasks.llm.arithmetic import draw_problems, split_of
+from dualadam.tasks.llm.config import validate_dataset
+from dualadam.tasks.llm.errors import LLMConfigError
+from dualadam.tasks.llm.sources import load_splits
 from dualadam.training import metrics as M
 from dualadam.training.outputs import read_metrics
 from dualadam.training.run import train

@@ -51,8 +51,8 @@ def stages(protocol: Protocol, launch: Launch) -> tuple[Stage, Stage]:
 
 def total_steps(stage: Stage, protocol: Protocol) -> int:
     """Optimizer steps of a tuning run (epochs x steps per epoch), measured on the data it will load."""
+    from dualadam.tasks import build_task
     from dualadam.training.runtime import resolve_runtime
-    from dualadam.training.tasks import build_task
 
     cfg = stage.config(Job("tune-length", protocol.optimizers[0], protocol.tune_seed))
     task = build_task(cfg, resolve_runtime(cfg.trainer))

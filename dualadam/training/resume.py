@@ -26,7 +26,7 @@ from dualadam.training.checkpoint import restore_rng_states, rng_states, save_ch
 from dualadam.training.distributed import gather_objects, is_main_process
 from dualadam.training.outputs import config_hash, identity_config, json_safe
 from dualadam.training.runtime import Runtime
-from dualadam.training.tasks.base import model_checkpoint_state, restore_model_checkpoint_state
+from dualadam.training.task import model_checkpoint_state, restore_model_checkpoint_state
 from dualadam.training.trainer import EpochProgress, Trainer, TrainState
 
 log = logging.getLogger(__name__)

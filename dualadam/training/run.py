@@ -23,6 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from dualadam.tasks import build_task
 from dualadam.training import outputs as out
 from dualadam.training.checkpoint import load_checkpoint
 from dualadam.training.distributed import (
@@ -52,7 +53,6 @@ from dualadam.training.run_directory import (
 )
 from dualadam.training.runtime import Runtime, progress_enabled, resolve_runtime, seed_everything
 from dualadam.training.schedulers import TrainingLength, build_lr_scheduler
-from dualadam.training.tasks import build_task
 from dualadam.training.trainer import Trainer, TrainState
 from dualadam.training.validation import validate_config
 from dualadam.training.wandb_logger import WandbLogger

@@ -22,7 +22,7 @@ from dualadam.training.schedulers import SCHEDULES
 from dualadam.training.wandb_logger import MODES
 
 AUTO_OR_BOOL = ("auto", True, False)
-TASK_NAMES = ("image_classification", "llm_finetune")   # dualadam.training.tasks.TASKS, without importing them
+TASK_NAMES = ("image_classification", "llm_finetune")   # dualadam.tasks.TASKS, without importing them
 OPTIMIZER_KEYS = ("name", "lr", "weight_decay", "filter_bias_and_bn", "warmup_steps", "matched_switch_rate",
                   "kwargs_for", "kwargs")
 # Optimizer kwargs with a range, whichever optimizer takes them: (valid, what is expected).
@@ -68,7 +68,7 @@ def check_choice(key: str, value, choices: Iterable[str], what: str) -> None:
 
 
 def check_model_name(key: str, name: str) -> None:
-    from dualadam.models import unknown_model_problem
+    from dualadam.tasks.image.models import unknown_model_problem
 
     problem = unknown_model_problem(name)  # the model registry is the one judge of a model name
     if problem is not None:
@@ -207,7 +207,7 @@ def check_trainer(trainer: DictConfig) -> None:
 
 def check_selection(cfg: DictConfig) -> None:
     """With a validation split the best epoch is chosen on it, never on test; without one val/* does not exist."""
-    from dualadam.training.tasks import holds_validation_split  # the task modules: a registry-time import
+    from dualadam.tasks import holds_validation_split  # the task modules: a registry-time import
 
     split, held_out = selection_split(cfg.trainer.monitor), holds_validation_split(cfg)
     check(split != "test" or not held_out, "trainer.monitor", cfg.trainer.monitor,
@@ -254,10 +254,10 @@ def check_dataset_values(dataset: DictConfig) -> None:
 
 def check_dataset_choices(dataset: DictConfig) -> None:
     """Names only the data modules know (they import torchvision and PIL)."""
-    from dualadam.data import DATASET_NAMES
-    from dualadam.data.info import NORMALIZATIONS
-    from dualadam.data.memory import LOADERS
-    from dualadam.data.transforms import AUGMENTATIONS
+    from dualadam.tasks.image.data import DATASET_NAMES
+    from dualadam.tasks.image.data.info import NORMALIZATIONS
+    from dualadam.tasks.image.data.memory import LOADERS
+    from dualadam.tasks.image.data.transforms import AUGMENTATIONS
 
     check_choice("dataset.name", dataset.name, DATASET_NAMES, "dataset")
     check_choice("dataset.loader", dataset.get("loader") or "dataloader", LOADERS, "loader")
@@ -302,7 +302,7 @@ def validate_registered_names(cfg: DictConfig, image_task: bool) -> None:
         check_dataset_choices(cfg.dataset)
         check_model_name("model.name", cfg.model.name)
     else:
-        from dualadam.llm import LLMConfigError, validate_llm_config
+        from dualadam.tasks.llm import LLMConfigError, validate_llm_config
 
         try:
             validate_llm_config(cfg)

@@ -1,0 +1,2 @@
+"""The image-classification task: its data (``data/``), its models (``models/``) and the task the trainer runs
+(``task.py``)."""
