@@ -24,9 +24,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from torch.utils.flop_counter import FlopCounterMode
 
-from dualadam.data.info import DatasetInfo, normalization_for
-from dualadam.models import build_model
 from dualadam.reporting.readme_blocks import rewrite_block
+from dualadam.tasks.image.data.info import DatasetInfo, normalization_for
+from dualadam.tasks.image.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs"
