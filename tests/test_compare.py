@@ -128,6 +128,15 @@ def test_a_blend_shorter_than_one_step_fails_before_any_training(tmp_path):
     assert not (tmp_path / "compare" / "tiny" / "tune").exists()
 
 
+def test_a_confirmation_run_that_cannot_start_stops_the_study_before_any_tuning(tmp_path):
+    """The confirmation runs differ from the trials by ``compare.confirm_overrides``; a confirmation config that
+    its data cannot serve (a train-eval set smaller than the test set) must fail before the first trial."""
+    args = protocol_args(tmp_path, "compare.confirm_overrides=['++dataset.train_eval_size=16']")
+    with pytest.raises(ValueError, match=r"train_eval_size=16 is smaller than the test set"):
+        compare_main(args)
+    assert not (tmp_path / "compare" / "tiny" / "tune").exists()
+
+
 # ---------------------------------------------------------------- the whole protocol
 
 

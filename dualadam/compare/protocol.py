@@ -45,17 +45,26 @@ def stages(protocol: Protocol, launch: Launch) -> tuple[Stage, Stage]:
                  (*launch.training, *protocol.tune_overrides, f"++logger.group={protocol.study}_tuning"),
                  launch.hydra)
     confirm = Stage(protocol.folder, "confirm", launch.config_dir,
-                    (*launch.training, f"++logger.group={protocol.study}"), launch.hydra)
+                    (*launch.training, *protocol.confirm_overrides, f"++logger.group={protocol.study}"),
+                    launch.hydra)
     return tune, confirm
 
 
-def total_steps(stage: Stage, protocol: Protocol) -> int:
-    """Optimizer steps of a tuning run (epochs x steps per epoch), measured on the data it will load."""
+def total_steps(tune: Stage, confirm: Stage, protocol: Protocol) -> int:
+    """Optimizer steps of a tuning run (epochs x steps per epoch), measured on the data it will load.
+
+    A confirmation run is checked and its data built here too, before any trial trains: a confirmation
+    config that fails (e.g. its full test set larger than its train-eval set) must stop the study now, not
+    after an hour of tuning."""
     from dualadam.tasks import build_task
     from dualadam.training.runtime import resolve_runtime
+    from dualadam.training.validation import validate_config
 
-    cfg = stage.config(Job("tune-length", protocol.optimizers[0], protocol.tune_seed))
-    task = build_task(cfg, resolve_runtime(cfg.trainer))
+    first = protocol.optimizers[0]
+    for cfg in (confirm.config(Job("confirm-check", first, protocol.confirm_seeds[0])),
+                tune.config(Job("tune-length", first, protocol.tune_seed))):
+        validate_config(cfg)
+        task = build_task(cfg, resolve_runtime(cfg.trainer))
     return len(task.train_loader) * int(cfg.trainer.epochs)
 
 
@@ -95,7 +104,8 @@ def protocol_record(protocol: Protocol, launch: Launch, tuning: Tuning, confirm:
                   "direction": "maximize" if protocol.maximize else "minimize"},
         "sampler": {**protocol.sampler, "optuna": SAMPLER_CALLS[protocol.sampler["sampler"]],
                     "optuna_version": optuna.__version__, "storage": str(protocol.folder / "search.db")},
-        "overrides": {"training": list(launch.training), "tuning_only": list(protocol.tune_overrides)},
+        "overrides": {"training": list(launch.training), "tuning_only": list(protocol.tune_overrides),
+                      "confirmation_only": list(protocol.confirm_overrides)},
         "total_steps": tuning.total_steps,
         "search_spaces": spaces,
         "trials": trials,
@@ -120,7 +130,7 @@ def run_protocol(protocol: Protocol, launch: Launch) -> dict:
     spaces: dict[str, dict[str, Parameter]] = {
         name: load_search_space(launch.config_dir, name, protocol.search_space_changes.get(name))
         for name in protocol.optimizers}
-    steps = total_steps(tune, protocol)
+    steps = total_steps(tune, confirm, protocol)
     for name, space in spaces.items():
         check_fits_run(name, space, steps)
     tuning = Tuning(protocol, spaces, steps, tune)

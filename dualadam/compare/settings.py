@@ -33,6 +33,7 @@ class Protocol:
     results: Path                    # <compare.results>/<study>
     readme: str | None
     tune_overrides: tuple[str, ...]
+    confirm_overrides: tuple[str, ...]
     search_space_changes: dict
 
     @property
@@ -108,4 +109,5 @@ def read_protocol(cfg: DictConfig, study: str, config_dir: Path) -> Protocol:
         confirm_seeds=tuple(c.confirm_seeds), metric=c.metric, parallel=c.parallel,
         sampler=OmegaConf.to_container(cfg.hparams_search, resolve=True),
         folder=Path(c.folder) / study, results=Path(c.results) / study, readme=c.readme,
-        tune_overrides=tuple(c.tune_overrides), search_space_changes=changes)
+        tune_overrides=tuple(c.tune_overrides),
+        confirm_overrides=tuple(c.get("confirm_overrides") or ()), search_space_changes=changes)
