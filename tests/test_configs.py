@@ -11,12 +11,13 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
 from dualadam.optim.schedules import inverse_adam_rate as dualadam_alpha
+from dualadam.tasks import validate_config
+from dualadam.train import train
 from dualadam.training.optimizers import build_optimizer, warmup_steps
 from dualadam.training.outputs import config_hash
-from dualadam.training.run import train
 from dualadam.training.runtime import progress_enabled, resolve_runtime
 from dualadam.training.schedulers import TrainingLength, build_lr_scheduler, lr_multiplier
-from dualadam.training.validation import ConfigError, validate_config
+from dualadam.training.validation import ConfigError
 from dualadam.training.wandb_logger import resolve_mode
 from tests.conftest import CONFIG_DIR, compose_train_config
 
