@@ -176,7 +176,7 @@ def test_unknown_dataset_lists_every_choice():
 
 def test_unknown_normalization_lists_the_choices(tmp_path):
     write_cifar_image_folder(tmp_path / "cifar10", CIFAR10_CLASSES, per_class=1)
-    with pytest.raises(ValueError, match=r"normalization='imagenet' is not known for cifar10"):
+    with pytest.raises(ValueError, match=r"normalization='imagenet'. Valid choices: dataset, paper"):
         build(dict(name="cifar10", root=str(tmp_path), normalization="imagenet"))
 
 

@@ -19,7 +19,12 @@ import torch
 from omegaconf import DictConfig
 
 from dualadam.training.metrics import EPOCH_METRIC_KEYS, VALIDATION_METRIC_KEYS, selection_split
-from dualadam.training.optimizers import fused_setting_problem, optimizer_class, optimizer_kwargs, optimizer_names
+from dualadam.training.optimizers import (
+    fused_setting_problem,
+    optimizer_class,
+    optimizer_kwargs,
+    optimizer_names,
+)
 from dualadam.training.runtime import PRECISIONS
 from dualadam.training.schedulers import SCHEDULES
 from dualadam.training.task import TaskDefinition
