@@ -1,6 +1,8 @@
 """The training entrypoint: ``python -m dualadam.train [overrides]`` or ``dualadam-train [overrides]``.
 
-A thin Hydra wrapper over ``dualadam.training.run.train``; tests call that function directly. See the README's
+``train(cfg)`` runs one training run: the core's ``dualadam.training.run.train`` with the task ``cfg.task``
+names (from the registry ``dualadam.tasks``; the core imports no task). Tests and ``dualadam.compare`` call it;
+``main`` is the Hydra wrapper over it. See the README's
 "Training" and "Runs that survive and scale" sections for the configs, the defaults and the run directories.
 
 - A single run that fails exits non-zero. In a multirun (``-m``), a failed job is recorded in its directory
@@ -26,7 +28,7 @@ from omegaconf import DictConfig
 
 from dualadam.training.preemption import redeliver
 from dualadam.training.run_directory import register_resolvers
-from dualadam.training.validation import ConfigError, validate_config
+from dualadam.training.validation import ConfigError
 
 CONFIG_DIR_VARIABLE = "DUALADAM_CONFIG_DIR"
 
@@ -53,6 +55,14 @@ log = logging.getLogger(__name__)
 register_resolvers()  # ${run_name:} in hydra.run.dir / hydra.sweep.subdir; also in submitit's job processes
 
 
+def train(cfg: DictConfig) -> dict:
+    """Train as ``cfg`` says; the summary that ``<run_dir>/summary.json`` holds (``dualadam.training.run``)."""
+    from dualadam.tasks import task_definition
+    from dualadam.training import run  # the heavy imports, once asked to train
+
+    return run.train(cfg, task_definition(cfg))
+
+
 def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -60,10 +70,10 @@ def _in_multirun() -> bool:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        validate_config(cfg)
-        from dualadam.training.run import train  # the heavy imports, once the config is known to be good
+        from dualadam.tasks import validate_config
 
-        summary = train(cfg)
+        validate_config(cfg)
+        summary = train(cfg)  # the heavy imports, once the config is known to be good
     except Exception as error:
         if not _in_multirun():
             if isinstance(error, ConfigError):  # the message says it all; a traceback would bury it

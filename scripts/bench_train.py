@@ -47,11 +47,11 @@ from omegaconf import DictConfig, open_dict
 from torchvision import transforms as T
 
 from dualadam.reporting.bench_context import bench_context, describe, load_average, publish
+from dualadam.tasks import validate_config
 from dualadam.tasks.image.models import build_model
 from dualadam.training.optimizers import build_optimizer
 from dualadam.training.run import build_trainer
 from dualadam.training.runtime import Runtime, resolve_runtime, seed_everything
-from dualadam.training.validation import validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"vs_bare_loop": (">=", 0.95), "data_wait": ("<", 0.05)}
@@ -144,7 +144,7 @@ class Pipelines:
         seed_everything(cfg.seed)
         self.runtime = resolve_runtime(cfg.trainer)
         self.steps, self.batch_size = steps, cfg.trainer.batch_size
-        self.trainer = build_trainer(cfg, self.runtime, sinks=[])
+        self.trainer = build_trainer(cfg, self.runtime, validate_config(cfg), sinks=[])
         self.suite_loader = TimedLoader(self.trainer.task.train_loader)
         self.trainer.task.train_loader = self.suite_loader  # the trainer's own loop now reports its waits
         self.suite = Learner(self.trainer.task.model, self.trainer.optimizer, self.runtime)

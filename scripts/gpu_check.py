@@ -214,7 +214,7 @@ def train_config(root: Path, device: str, images: int | None):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from dualadam.training.validation import validate_config
+    from dualadam.tasks import validate_config
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
@@ -231,6 +231,7 @@ def train_config(root: Path, device: str, images: int | None):
 def train_in_process(args) -> dict:
     import bench_train  # the sibling script: the authors' loader and the bare step
 
+    from dualadam.tasks import TASKS
     from dualadam.tasks.image.models import build_model
     from dualadam.training.optimizers import build_optimizer
     from dualadam.training.run import build_trainer
@@ -241,7 +242,7 @@ def train_in_process(args) -> dict:
     cfg = train_config(root, args.device, images)
     seed_everything(cfg.seed)
     runtime = resolve_runtime(cfg.trainer)
-    trainer = build_trainer(cfg, runtime, sinks=[])
+    trainer = build_trainer(cfg, runtime, TASKS[cfg.task], sinks=[])
     first, second = trainer.train_one_epoch(0), trainer.train_one_epoch(1)
     suite = {"images_per_s": second.samples / second.seconds, "first_epoch_images_per_s": first.samples / first.seconds,
              "images": second.samples, "loader": type(trainer.task.train_loader).__name__,

@@ -66,7 +66,7 @@ class StricterValidation(Callback):
 
         key = self.key
 
-        def reject(cfg: DictConfig) -> None:
+        def reject(cfg: DictConfig, task=None) -> None:
             raise ConfigError(f"{key}: rejected by a stricter validation")
 
         self._original, run.validate_config = run.validate_config, reject

@@ -11,16 +11,17 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf, open_dict
 
 from dualadam.optim.schedules import inverse_adam_rate as dualadam_alpha
+from dualadam.tasks import validate_config
+from dualadam.train import train
 from dualadam.training.optimizers import build_optimizer, warmup_steps
 from dualadam.training.outputs import config_hash
-from dualadam.training.run import train
 from dualadam.training.runtime import progress_enabled, resolve_runtime
 from dualadam.training.schedulers import TrainingLength, build_lr_scheduler, lr_multiplier
-from dualadam.training.validation import ConfigError, validate_config
+from dualadam.training.validation import ConfigError
 from dualadam.training.wandb_logger import resolve_mode
 from tests.conftest import CONFIG_DIR, compose_train_config
 
-GROUPS = ("dataset", "model", "optimizer", "scheduler", "logger", "trainer", "debug", "experiment")
+GROUPS = ("task", "dataset", "model", "optimizer", "scheduler", "logger", "trainer", "debug", "experiment")
 
 
 def group_choices(group: str) -> list[str]:
@@ -52,6 +53,40 @@ def is_llm_choice(group: str, name: str) -> bool:
     """LLM model configs name a ``source``; image dataset configs have a ``root`` folder, text ones do not."""
     cfg = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
     return (group == "model" and "source" in cfg) or (group == "dataset" and "root" not in cfg)
+
+
+def test_task_llm_finetune_brings_its_own_defaults_and_task_stays_a_plain_string():
+    cfg = compose_train_config(["task=llm_finetune"], fast=False)
+    assert cfg.task == "llm_finetune" and isinstance(cfg.task, str)   # the run identity hashes this string
+    assert (cfg.model.source, cfg.dataset.name, cfg.finetune.method) == ("smollm2_gguf", "arithmetic", "lora")
+    validate_config(cfg)
+    assert compose_train_config(fast=False).task == "image_classification"
+
+
+@pytest.mark.parametrize("overrides, fix", [
+    (["model=smollm2_135m"], "task=llm_finetune"),
+    (["model=hf_causal_lm"], "task=llm_finetune"),
+    (["model=tiny_llama"], "task=llm_finetune"),
+    (["dataset=arithmetic"], "task=llm_finetune"),
+    (["dataset=gsm8k"], "task=llm_finetune"),
+    (["dataset=alpaca"], "task=llm_finetune"),
+    (["dataset=jsonl"], "task=llm_finetune"),
+    (["task=llm_finetune", "model=resnet18_cifar"], "task=image_classification"),
+    (["task=llm_finetune", "model=timm"], "task=image_classification"),
+    (["task=llm_finetune", "dataset=cifar10"], "task=image_classification"),
+    (["task=llm_finetune", "dataset=synthetic"], "task=image_classification"),
+])
+def test_a_model_or_dataset_of_the_other_task_fails_naming_the_task_that_runs_it(overrides, fix):
+    cfg = compose_train_config(overrides, fast=False)
+    with pytest.raises(ConfigError, match=f"is a (model|dataset) of task .*Run it with `{fix}`"):
+        validate_config(cfg)
+
+
+def test_a_choice_of_the_other_task_fails_before_the_run_starts(make_cfg):
+    cfg = make_cfg("model=smollm2_135m")
+    with pytest.raises(ConfigError, match="task=llm_finetune"):
+        train(cfg)
+    assert not Path(cfg.run_dir).exists() or not any(Path(cfg.run_dir).iterdir())
 
 
 def test_defaults_are_the_papers_setup():

@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from dualadam.train import train
 from dualadam.training.outputs import read_metrics
-from dualadam.training.run import train
 from tests.conftest import REPO, compose_train_config
 from tests.runs import TIMING_KEYS, child_env, final_weights, one_thread, read_summary  # noqa: F401
 

@@ -10,12 +10,14 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from dualadam.tasks import TASKS, validate_config
 from dualadam.tasks.image.data.device_loaders import DeviceEpochLoader
+from dualadam.train import train
 from dualadam.training import metrics as M
 from dualadam.training.optimizers import build_optimizer, fused_kwargs
-from dualadam.training.run import build_trainer, train
+from dualadam.training.run import build_trainer
 from dualadam.training.runtime import resolve_runtime, seed_everything
-from dualadam.training.validation import ConfigError, validate_config
+from dualadam.training.validation import ConfigError
 
 # What makes the host wait for the device: reading values (item, tolist, float(t), bool(t), .cpu(), .numpy())
 # and ops whose output size depends on the data (nonzero, masked_select, unique), called from Python ...
@@ -46,7 +48,7 @@ TINY = ("dataset.image_size=8", "dataset.crop_padding=2", "dataset.test_size=32"
 def trainer_for(make_cfg, *overrides):
     cfg = make_cfg(*TINY, *overrides)
     seed_everything(cfg.seed)
-    return build_trainer(cfg, resolve_runtime(cfg.trainer), sinks=[])
+    return build_trainer(cfg, resolve_runtime(cfg.trainer), TASKS[cfg.task], sinks=[])
 
 
 def host_syncs_in_an_epoch(trainer) -> collections.Counter:

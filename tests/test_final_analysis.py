@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dualadam.analysis import SHARPNESS_KEYS
-from dualadam.training.run import train
+from dualadam.train import train
 from dualadam.training.validation import ConfigError
 
 

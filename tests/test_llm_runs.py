@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
+from dualadam.train import train
 from dualadam.training import metrics as M
 from dualadam.training.checkpoint import load_checkpoint
 from dualadam.training.outputs import read_metrics
-from dualadam.training.run import train
 from dualadam.training.run_directory import CHECKPOINT_FILE
 from tests.conftest import compose_train_config
 from tests.runs import assert_same_run, one_thread, wandb_records, wandb_summary  # noqa: F401  (one_thread: fixture)

@@ -16,10 +16,10 @@ import torch
 from omegaconf import open_dict
 
 from dualadam.tasks.image.data import build_image_data
+from dualadam.train import train
 from dualadam.training import metrics as M
 from dualadam.training.checkpoint import CorruptCheckpointError, load_checkpoint
 from dualadam.training.outputs import ERROR_FILE, METRICS_FILE, SUMMARY_FILE, config_hash, read_metrics
-from dualadam.training.run import train
 from dualadam.training.run_directory import (
     CHECKPOINT_FILE,
     PREVIOUS_CHECKPOINT_FILE,
@@ -82,7 +82,7 @@ def run_and_sigkill(run_dir: Path, kill_where: str) -> subprocess.CompletedProce
         import os, signal, torch
         from omegaconf import open_dict
         from dualadam.training.outputs import RunOutputs
-        from dualadam.training.run import train
+        from dualadam.train import train
         from dualadam.training.trainer import Trainer
         from tests.conftest import compose_train_config
 

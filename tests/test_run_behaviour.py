@@ -16,8 +16,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from dualadam.tasks.image.task import ImageClassification
+from dualadam.train import train
 from dualadam.training.outputs import read_metrics
-from dualadam.training.run import train
 from dualadam.training.run_directory import CHECKPOINT_FILE, RunInProgress, RunLock
 from dualadam.training.wandb_logger import WandbLogger
 from tests.conftest import CONFIG_DIR, FAST_OVERRIDES, SMALL_SYNTHETIC
@@ -102,7 +102,7 @@ def test_sigterm_during_evaluation_stops_it_and_the_resumed_run_matches(make_cfg
 KILLED_CHILD = """
 import os, signal
 from omegaconf import open_dict
-from dualadam.training.run import train
+from dualadam.train import train
 from dualadam.training.trainer import Trainer
 from tests.conftest import compose_train_config
 

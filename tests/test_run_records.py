@@ -66,7 +66,7 @@ def train_from(checkout: Path, run_dir: Path, stop_at_step: int | None) -> subpr
         import os, signal
         from hydra import compose, initialize_config_dir
         from omegaconf import open_dict
-        from dualadam.training.run import train
+        from dualadam.train import train
         from dualadam.training.trainer import Trainer
 
         step = Trainer.optimizer_step

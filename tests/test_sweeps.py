@@ -17,9 +17,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+from dualadam.train import train
 from dualadam.training.checkpoint import load_checkpoint
 from dualadam.training.outputs import ERROR_FILE, METRICS_FILE, SUMMARY_FILE, read_metrics
-from dualadam.training.run import train
 from dualadam.training.run_directory import CHECKPOINT_FILE, register_resolvers, run_name
 from tests.conftest import CONFIG_DIR, FAST_OVERRIDES, REPO, compose_train_config
 from tests.fault_injection import fault_overrides, stricter_validation_overrides

@@ -33,9 +33,9 @@ from dualadam.reporting.render import optimizer_name
 from dualadam.reporting.report import load_study, study_markdown
 from dualadam.reporting.results_csv import read_rows
 from dualadam.reporting.wandb_runs import fetch_wandb_runs, record_from_wandb_run
+from dualadam.train import train
 from dualadam.training.metrics import EPOCH, GAP_ACC, TEST_ACC
 from dualadam.training.outputs import read_metrics
-from dualadam.training.run import train
 from tests.conftest import CONFIG_DIR, FAST_OVERRIDES, REPO, compose_train_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from dualadam.train import train
 from dualadam.training import metrics as M
 from dualadam.training.outputs import ERROR_FILE, SUMMARY_FILE, read_metrics
-from dualadam.training.run import train
 from dualadam.training.validation import ConfigError
 from tests.conftest import CONFIG_DIR, FAST_OVERRIDES, SMALL_SYNTHETIC
 from tests.runs import wandb_records, wandb_summary

@@ -22,9 +22,9 @@ from dualadam.tasks.llm.arithmetic import draw_problems, split_of
 from dualadam.tasks.llm.config import validate_dataset
 from dualadam.tasks.llm.errors import LLMConfigError
 from dualadam.tasks.llm.sources import load_splits
+from dualadam.train import train
 from dualadam.training import metrics as M
 from dualadam.training.outputs import read_metrics
-from dualadam.training.run import train
 from dualadam.training.validation import ConfigError
 from tests.runs import assert_same_run, read_summary, wandb_records, wandb_summary, without_timings
 from tests.test_resume import RESUME_OVERRIDES, signal_self_after_step

@@ -87,11 +87,20 @@ def fused_kwargs(name: str, setting: bool | str, device: torch.device) -> dict:
     """
     if setting == "auto":
         return {"fused": True} if device.type == "cuda" and has_fused_path(name) else {}
-    if setting and not has_fused_path(name):
-        fused = [n for n in ("adam", "adamw", "sgd", "dualadam", "invadam") if has_fused_path(n)]
-        raise ValueError(f"trainer.fused_optimizer=true but optimizer {name!r} has no fused implementation "
-                         f"(these do: {', '.join(fused)}); use trainer.fused_optimizer=auto or false")
+    problem = fused_setting_problem(name, setting)
+    if problem is not None:
+        raise ValueError(problem)
     return {"fused": True} if setting else {}
+
+
+def fused_setting_problem(name: str, setting: bool | str) -> str | None:
+    """What is wrong with ``trainer.fused_optimizer=setting`` for optimizer ``name``, or None (the one home of
+    this rule: the config validation and ``fused_kwargs`` both ask it)."""
+    if setting is not True or has_fused_path(name):
+        return None
+    fused = [n for n in ("adam", "adamw", "sgd", "dualadam", "invadam") if has_fused_path(n)]
+    return (f"trainer.fused_optimizer=true but optimizer {name!r} has no fused implementation "
+            f"(these do: {', '.join(fused)}); use trainer.fused_optimizer=auto or false")
 
 
 def build_optimizer(optimizer_cfg: DictConfig, model: torch.nn.Module,

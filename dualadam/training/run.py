@@ -1,4 +1,7 @@
-"""``train(cfg) -> summary``: one complete run, from a resolved config to the files in its run directory.
+"""``train(cfg, task) -> summary``: one complete run, from a resolved config to the files in its run directory.
+
+``task`` is the ``TaskDefinition`` of ``cfg.task``, which the caller picks from the task registry (the core
+imports no task): ``dualadam.train.train(cfg)`` does that, and is what tests and ``dualadam.compare`` call.
 
 Whatever happens, the W&B run is finished, a failure leaves ``error.txt`` and a ``summary.json`` with
 ``status: failed``, and the last line printed says where the outputs are.
@@ -23,7 +26,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from dualadam.tasks import build_task
 from dualadam.training import outputs as out
 from dualadam.training.checkpoint import load_checkpoint
 from dualadam.training.distributed import (
@@ -53,6 +55,7 @@ from dualadam.training.run_directory import (
 )
 from dualadam.training.runtime import Runtime, progress_enabled, resolve_runtime, seed_everything
 from dualadam.training.schedulers import TrainingLength, build_lr_scheduler
+from dualadam.training.task import TaskDefinition
 from dualadam.training.trainer import Trainer, TrainState
 from dualadam.training.validation import validate_config
 from dualadam.training.wandb_logger import WandbLogger
@@ -60,10 +63,10 @@ from dualadam.training.wandb_logger import WandbLogger
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg: DictConfig, runtime: Runtime, sinks=(), *, guard: TrainingGuard | None = None,
-                  checkpointer: Checkpointer | None = None) -> Trainer:
+def build_trainer(cfg: DictConfig, runtime: Runtime, definition: TaskDefinition, sinks=(), *,
+                  guard: TrainingGuard | None = None, checkpointer: Checkpointer | None = None) -> Trainer:
     """Tasks see their rank's share of the global ``trainer.batch_size``; all ranks take the same steps."""
-    task = build_task(per_rank_config(cfg, runtime), runtime)
+    task = definition.build(per_rank_config(cfg, runtime), runtime)
     optimizer = build_optimizer(cfg.optimizer, task.model, fused=runtime.fused_optimizer)
     steps = agreed_steps_per_epoch(len(task.train_loader), runtime)
     length = TrainingLength(steps_per_epoch=steps, epochs=cfg.trainer.epochs)
@@ -104,10 +107,11 @@ def summarize(cfg: DictConfig, state: TrainState, *, status: str, runtime: Runti
     }
 
 
-def train(cfg: DictConfig) -> dict:
-    """Train as ``cfg`` says and return the summary also written to ``<run_dir>/summary.json``."""
+def train(cfg: DictConfig, task: TaskDefinition) -> dict:
+    """Train as ``cfg`` says, the task ``task``, and return the summary also written to
+    ``<run_dir>/summary.json``."""
     out.git_commit()   # read now and kept: the code version this process runs (see git_commit)
-    validate_config(cfg)
+    validate_config(cfg, task)
     run_dir = Path(cfg.run_dir).resolve()
     runtime = start_process_group(placement_from_environment(), resolve_runtime(cfg.trainer))
     try:
@@ -118,7 +122,7 @@ def train(cfg: DictConfig) -> dict:
                     print(f"[dualadam] run already {start.previous['status']}; skipped. Outputs in {run_dir} "
                           "(trainer.resume=false trains it again)")
                 return start.previous
-            return run_attempt(cfg, run_dir, runtime, start)
+            return run_attempt(cfg, run_dir, runtime, start, task)
     finally:
         end_process_group()
 
@@ -170,8 +174,8 @@ class Attempt:
 
     Rank 0 alone writes files and W&B; every rank trains."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, runtime: Runtime, start: RunStart):
-        self.cfg, self.run_dir, self.runtime, self.start = cfg, run_dir, runtime, start
+    def __init__(self, cfg: DictConfig, run_dir: Path, runtime: Runtime, start: RunStart, task: TaskDefinition):
+        self.cfg, self.run_dir, self.runtime, self.start, self.task = cfg, run_dir, runtime, start, task
         self.main = is_main_process(runtime)
         self.files = out.RunOutputs(run_dir) if self.main else None
         under_wandb_agent = bool(os.environ.get("WANDB_SWEEP_ID"))  # the agent names the W&B run itself
@@ -207,8 +211,8 @@ class Attempt:
         checkpointer = Checkpointer(self.run_dir / CHECKPOINT_FILE, runtime, cfg,
                                     previous=self.run_dir / PREVIOUS_CHECKPOINT_FILE)
         guard = TrainingGuard(runtime, check_every=int(cfg.trainer.get("check_every", 50)), preemption=preemption)
-        trainer = build_trainer(cfg, runtime, [self.files, self.wandb] if self.main else [], guard=guard,
-                                checkpointer=checkpointer)
+        trainer = build_trainer(cfg, runtime, self.task, [self.files, self.wandb] if self.main else [],
+                                guard=guard, checkpointer=checkpointer)
         if self.start.checkpoint is not None:
             self.state = checkpointer.restore(trainer, self.start.checkpoint)
         if self.start.rows is not None:
@@ -244,9 +248,9 @@ class Attempt:
         return summary
 
 
-def run_attempt(cfg: DictConfig, run_dir: Path, runtime: Runtime, start: RunStart) -> dict:
+def run_attempt(cfg: DictConfig, run_dir: Path, runtime: Runtime, start: RunStart, task: TaskDefinition) -> dict:
     """Train until done, diverged, preempted or failed; the summary says which."""
-    attempt = Attempt(cfg, run_dir, runtime, start)
+    attempt = Attempt(cfg, run_dir, runtime, start, task)
     with PreemptionFlag() as preemption:
         try:
             attempt.train(preemption)

@@ -21,7 +21,8 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class Runtime:
-    """Resolved execution settings; ``rank``/``world_size`` are the data-parallel position (1 process today)."""
+    """Resolved execution settings; ``rank``/``world_size`` are the data-parallel position (``distributed``:
+    one process per GPU under DDP, else rank 0 of 1)."""
 
     device: torch.device
     precision: str          # "32", "bf16" or "fp16" (never "auto")

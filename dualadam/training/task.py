@@ -1,16 +1,22 @@
 """What the trainer needs from a task: a model, data, a training step and an evaluation.
 
-The trainer core (epoch loop, metrics, outputs, W&B) knows nothing about images or text. Image classification
-is one task; LLM fine-tuning plugs in as another with its own loaders, loss and evaluation.
+The trainer core (epoch loop, metrics, outputs, W&B) knows nothing about images or text and imports no task.
+A task reaches the core as a :class:`TaskDefinition`, which the caller picks (``dualadam.tasks`` is the
+registry ``cfg.task`` names): the core checks the config with it, then builds the :class:`Task` with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
+
+if TYPE_CHECKING:
+    from dualadam.training.runtime import Runtime
 
 
 class EpochLoader(Protocol):
@@ -37,6 +43,17 @@ class Task(Protocol):
         """``{"loss": mean per sample, "acc": percent}`` over ``loader``; the model is already in eval mode,
         under ``torch.no_grad`` and autocast."""
         ...
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """A task before it is built: how to check its part of the config, and how to build it."""
+
+    name: str                                       # the value of ``cfg.task``
+    build: Callable[[DictConfig, Runtime], Task]    # on this rank's config; may import the task's heavy stack
+    check_config: Callable[[DictConfig], None]      # the task's keys (model, dataset, ...): raises
+                                                    # ``validation.ConfigError`` naming key, problem and fix
+    holds_validation_split: Callable[[DictConfig], bool]  # whether ``eval_loaders`` will have "val"
 
 
 def model_checkpoint_state(task: Task) -> dict[str, torch.Tensor]:

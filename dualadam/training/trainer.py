@@ -22,7 +22,6 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from dualadam.tasks import Task
 from dualadam.training import metrics as M
 from dualadam.training.checkpoint import restore_rng_states, rng_states
 from dualadam.training.distributed import reduce_totals, wrap_model
@@ -31,6 +30,7 @@ from dualadam.training.optimizers import inverse_adam_rate
 from dualadam.training.preemption import Preempted
 from dualadam.training.progress_log import describe_row
 from dualadam.training.runtime import Runtime
+from dualadam.training.task import Task
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,11 @@
 """Check the whole resolved config once, before anything is built, so a typo fails in a second, not an hour in.
 
-Every error names the config key, the bad value and what would be valid. The checks that need no registry
-run first; the registries (timm's optimizers and models, the datasets, the LLM stack) are imported only for
-the checks that ask them, after every plain value passed, so a bad number answers before timm is imported.
+Every error names the config key, the bad value and what would be valid. This module checks the keys of the
+core (seed, optimizer, scheduler, trainer, logger, analysis); the task's own keys (model, dataset, ...) are
+checked by the task's ``TaskDefinition.check_config``, with the helpers below. The checks that need no
+registry run first; the registries (timm's optimizers and models, the datasets, the LLM stack) are imported
+only for the checks that ask them, after every plain value passed, so a bad number answers before timm is
+imported.
 """
 
 from __future__ import annotations
@@ -16,21 +19,26 @@ import torch
 from omegaconf import DictConfig
 
 from dualadam.training.metrics import EPOCH_METRIC_KEYS, VALIDATION_METRIC_KEYS, selection_split
-from dualadam.training.optimizers import has_fused_path, optimizer_class, optimizer_kwargs, optimizer_names
+from dualadam.training.optimizers import (
+    fused_setting_problem,
+    optimizer_class,
+    optimizer_kwargs,
+    optimizer_names,
+)
 from dualadam.training.runtime import PRECISIONS
 from dualadam.training.schedulers import SCHEDULES
+from dualadam.training.task import TaskDefinition
 from dualadam.training.wandb_logger import MODES
 
 AUTO_OR_BOOL = ("auto", True, False)
-TASK_NAMES = ("image_classification", "llm_finetune")   # dualadam.tasks.TASKS, without importing them
 OPTIMIZER_KEYS = ("name", "lr", "weight_decay", "filter_bias_and_bn", "warmup_steps", "matched_switch_rate",
                   "kwargs_for", "kwargs")
 # Optimizer kwargs with a range, whichever optimizer takes them: (valid, what is expected).
 KWARG_RANGES = {
-    "eps": (lambda v: _is_number(v) and v > 0, "a number > 0 (added to a denominator)"),
-    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "dampening": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "switch_rate": (lambda v: _is_number(v) and 0 <= v <= 1,
+    "eps": (lambda v: is_number(v) and v > 0, "a number > 0 (added to a denominator)"),
+    "momentum": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "dampening": (lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "switch_rate": (lambda v: is_number(v) and 0 <= v <= 1,
                     "a number in [0, 1]; DualAdam's blend lasts 1 / switch_rate steps"),
 }
 SET_AT_TOP = ("lr", "weight_decay")   # optimizer.<key>, never optimizer.kwargs.<key>
@@ -40,18 +48,22 @@ class ConfigError(ValueError):
     """A config value that cannot work. The message says which key and how to fix it."""
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def invalid_value_message(key: str, value, expected: str) -> str:
+    return (f"{key}={value!r} is invalid: expected {expected}. Fix it with an override, "
+            f"e.g. `python -m dualadam.train {key}=<value>`.")
 
 
 def check(ok: bool, key: str, value, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}. Fix it with an override, "
-                          f"e.g. `python -m dualadam.train {key}=<value>`.")
+        raise ConfigError(invalid_value_message(key, value, expected))
 
 
 def did_you_mean(value: str, choices: Iterable[str], prefix: str = "") -> str:
@@ -65,14 +77,6 @@ def check_choice(key: str, value, choices: Iterable[str], what: str) -> None:
         return
     raise ConfigError(f"Unknown {what} {key}={value!r}.{did_you_mean(value, choices)} Valid choices: "
                       f"{', '.join(choices)}")
-
-
-def check_model_name(key: str, name: str) -> None:
-    from dualadam.tasks.image.models import unknown_model_problem
-
-    problem = unknown_model_problem(name)  # the model registry is the one judge of a model name
-    if problem is not None:
-        raise ConfigError(f"{key}: {problem}")
 
 
 def check_device(key: str, name: str) -> None:
@@ -99,15 +103,15 @@ def check_schedule_params(scheduler_cfg: DictConfig) -> None:
             raise ConfigError(f"scheduler.{key} is missing; scheduler {scheduler_cfg.name!r} needs it")
     sc = scheduler_cfg
     if "min_lr_ratio" in sc:
-        check(_is_number(sc.min_lr_ratio) and 0 <= sc.min_lr_ratio <= 1, "scheduler.min_lr_ratio",
+        check(is_number(sc.min_lr_ratio) and 0 <= sc.min_lr_ratio <= 1, "scheduler.min_lr_ratio",
               sc.min_lr_ratio, "a number in [0, 1] (final lr / initial lr)")
     if "warmup_epochs" in sc:
-        check(_is_number(sc.warmup_epochs) and sc.warmup_epochs >= 0, "scheduler.warmup_epochs",
+        check(is_number(sc.warmup_epochs) and sc.warmup_epochs >= 0, "scheduler.warmup_epochs",
               sc.warmup_epochs, "a number of epochs >= 0")
     if "gamma" in sc:
-        check(_is_number(sc.gamma) and sc.gamma > 0, "scheduler.gamma", sc.gamma, "a factor > 0")
+        check(is_number(sc.gamma) and sc.gamma > 0, "scheduler.gamma", sc.gamma, "a factor > 0")
     if "milestones" in sc:
-        check(all(_is_int(m) and m >= 0 for m in sc.milestones), "scheduler.milestones",
+        check(all(is_int(m) and m >= 0 for m in sc.milestones), "scheduler.milestones",
               list(sc.milestones), "a list of epoch numbers >= 0")
 
 
@@ -118,15 +122,15 @@ def check_optimizer(opt: DictConfig) -> None:
             raise ConfigError(f"optimizer.{key} is not an optimizer setting.{did_you_mean(key, OPTIMIZER_KEYS)} "
                               f"Settings: {', '.join(OPTIMIZER_KEYS)}; arguments of the optimizer class go under "
                               f"optimizer.kwargs (e.g. +optimizer.kwargs.{key}=...)")
-    check(_is_number(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "a learning rate > 0")
-    check(_is_number(opt.weight_decay) and opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay,
+    check(is_number(opt.lr) and opt.lr > 0, "optimizer.lr", opt.lr, "a learning rate > 0")
+    check(is_number(opt.weight_decay) and opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay,
           "a number >= 0")
     check(isinstance(opt.filter_bias_and_bn, bool), "optimizer.filter_bias_and_bn", opt.filter_bias_and_bn,
           "true or false")
     warmup = opt.get("warmup_steps", 0)
-    check(_is_int(warmup) and warmup >= 0, "optimizer.warmup_steps", warmup, "an integer number of steps >= 0")
+    check(is_int(warmup) and warmup >= 0, "optimizer.warmup_steps", warmup, "an integer number of steps >= 0")
     matched = opt.get("matched_switch_rate")
-    check(matched is None or (_is_number(matched) and 0 < matched <= 1), "optimizer.matched_switch_rate",
+    check(matched is None or (is_number(matched) and 0 < matched <= 1), "optimizer.matched_switch_rate",
           matched, "null or a switch rate in (0, 1]; the warmup lasts round(1 / switch_rate) steps")
     check(matched is None or not warmup, "optimizer.warmup_steps", warmup,
           "0 when optimizer.matched_switch_rate is set (it sets the warmup length)")
@@ -170,7 +174,7 @@ def check_kwarg_value(where: str, value, default) -> None:
     key = where.rsplit(".", 1)[-1]
     if key == "betas":
         shown = list(value) if isinstance(value, tuple) else value
-        check(isinstance(value, tuple | list) and all(_is_number(b) and 0 <= b < 1 for b in value), where,
+        check(isinstance(value, tuple | list) and all(is_number(b) and 0 <= b < 1 for b in value), where,
               shown, "numbers in [0, 1), e.g. [0.9, 0.999]")
         if isinstance(default, tuple | list):
             check(len(value) == len(default), where, shown, f"{len(default)} numbers in [0, 1), e.g. "
@@ -180,14 +184,14 @@ def check_kwarg_value(where: str, value, default) -> None:
         check(valid(value), where, value, expected)
     elif isinstance(default, bool):
         check(isinstance(value, bool), where, value, "true or false")
-    elif _is_number(default):
-        check(_is_number(value), where, value, f"a number (default {default})")
+    elif is_number(default):
+        check(is_number(value), where, value, f"a number (default {default})")
 
 
 def check_trainer(trainer: DictConfig) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size"):
-        check(_is_int(trainer[key]) and trainer[key] >= 1, f"trainer.{key}", trainer[key], "an integer >= 1")
-    check(_is_int(trainer.num_workers) and trainer.num_workers >= 0, "trainer.num_workers", trainer.num_workers,
+        check(is_int(trainer[key]) and trainer[key] >= 1, f"trainer.{key}", trainer[key], "an integer >= 1")
+    check(is_int(trainer.num_workers) and trainer.num_workers >= 0, "trainer.num_workers", trainer.num_workers,
           "an integer >= 0 (0 loads data in the main process)")
     check_choice("trainer.precision", str(trainer.precision), PRECISIONS, "precision")
     check_device("trainer.device", str(trainer.device))
@@ -201,15 +205,14 @@ def check_trainer(trainer: DictConfig) -> None:
     for key in ("resume", "sync_batchnorm"):
         check(isinstance(trainer.get(key, True), bool), f"trainer.{key}", trainer.get(key), "true or false")
     check_every = trainer.get("check_every", 50)
-    check(_is_int(check_every) and check_every >= 1, "trainer.check_every", check_every,
+    check(is_int(check_every) and check_every >= 1, "trainer.check_every", check_every,
           "an integer number of optimizer steps >= 1")
 
 
-def check_selection(cfg: DictConfig) -> None:
-    """With a validation split the best epoch is chosen on it, never on test; without one val/* does not exist."""
-    from dualadam.tasks import holds_validation_split  # the task modules: a registry-time import
-
-    split, held_out = selection_split(cfg.trainer.monitor), holds_validation_split(cfg)
+def check_selection(cfg: DictConfig, held_out: bool) -> None:
+    """With a validation split (``held_out``, the task's answer) the best epoch is chosen on it, never on test;
+    without one val/* does not exist."""
+    split = selection_split(cfg.trainer.monitor)
     check(split != "test" or not held_out, "trainer.monitor", cfg.trainer.monitor,
           "val/acc or val/loss: the data holds a validation split out, so the best epoch is chosen on it")
     check(split != "val" or held_out, "trainer.monitor", cfg.trainer.monitor,
@@ -220,96 +223,27 @@ def check_selection(cfg: DictConfig) -> None:
 def check_analysis(analysis: DictConfig) -> None:
     check(isinstance(analysis.sharpness, bool), "analysis.sharpness", analysis.sharpness, "true or false")
     for key in ("batches", "eig_iters", "trace_samples"):
-        check(_is_int(analysis[key]) and analysis[key] >= 1, f"analysis.{key}", analysis[key], "an integer >= 1")
+        check(is_int(analysis[key]) and analysis[key] >= 1, f"analysis.{key}", analysis[key], "an integer >= 1")
 
 
-DATASET_INTS = {"num_classes": 1, "image_size": 1, "train_size": 1, "test_size": 1, "in_chans": 1,
-                "crop_padding": 0, "data_seed": 0}          # key: smallest valid value
-DATASET_OPTIONAL_SIZES = ("train_subset", "test_subset", "train_eval_size")
-DATASET_BOOLS = ("download", "preload")
-
-
-def check_dataset_values(dataset: DictConfig) -> None:
-    """The image datasets' plain values, each where the dataset has it."""
-    for key, least in DATASET_INTS.items():
-        if key in dataset:
-            check(_is_int(dataset[key]) and dataset[key] >= least, f"dataset.{key}", dataset[key],
-                  f"an integer >= {least}")
-    for key in DATASET_OPTIONAL_SIZES:
-        if dataset.get(key) is not None:
-            check(_is_int(dataset[key]) and dataset[key] >= 1, f"dataset.{key}", dataset[key],
-                  "null (all images) or an integer number of images >= 1")
-    val_size = dataset.get("val_size")
-    check(val_size is None or (_is_int(val_size) and val_size >= 1), "dataset.val_size", val_size,
-          "null (no validation split) or a number of training images to hold out, e.g. 5000")
-    for key in DATASET_BOOLS:
-        if key in dataset:
-            check(isinstance(dataset[key], bool), f"dataset.{key}", dataset[key], "true or false")
-    if "noise" in dataset:
-        check(_is_number(dataset.noise) and dataset.noise >= 0, "dataset.noise", dataset.noise, "a number >= 0")
-    if "memory_budget_gb" in dataset:
-        check(_is_number(dataset.memory_budget_gb) and dataset.memory_budget_gb >= 0, "dataset.memory_budget_gb",
-              dataset.memory_budget_gb, "a number of GB >= 0")
-
-
-def check_dataset_choices(dataset: DictConfig) -> None:
-    """Names only the data modules know (they import torchvision and PIL)."""
-    from dualadam.tasks.image.data import DATASET_NAMES
-    from dualadam.tasks.image.data.info import NORMALIZATIONS
-    from dualadam.tasks.image.data.memory import LOADERS
-    from dualadam.tasks.image.data.transforms import AUGMENTATIONS
-
-    check_choice("dataset.name", dataset.name, DATASET_NAMES, "dataset")
-    check_choice("dataset.loader", dataset.get("loader") or "dataloader", LOADERS, "loader")
-    if dataset.get("augmentation") is not None:
-        check_choice("dataset.augmentation", dataset.augmentation, AUGMENTATIONS, "augmentation")
-    if dataset.get("normalization") is not None and dataset.name in NORMALIZATIONS:
-        check_choice("dataset.normalization", dataset.normalization, NORMALIZATIONS[dataset.name], "normalization")
-
-
-def check_model_values(model: DictConfig) -> None:
-    check(isinstance(model.get("pretrained", False), bool), "model.pretrained", model.get("pretrained"),
-          "true or false")
-    kwargs = model.get("kwargs")
-    check(kwargs is None or isinstance(kwargs, DictConfig), "model.kwargs", kwargs,
-          "a mapping of the model constructor's arguments, e.g. {drop_path_rate: 0.1}")
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` for the first problem found: plain values first, then the names that need a
-    registry (datasets, models, optimizers and their arguments, the LLM stack)."""
-    check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
-    check_choice("task", cfg.task, TASK_NAMES, "task")
-    image_task = cfg.task != "llm_finetune"
-    if image_task:
-        check_dataset_values(cfg.dataset)
-        check_model_values(cfg.model)
+def validate_config(cfg: DictConfig, task: TaskDefinition) -> None:
+    """Raise ``ConfigError`` for the first problem found: the core's plain values first, then the task's own
+    keys (``task.check_config``), then the core's names that need a registry (optimizers and their arguments)."""
+    check(is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    check(cfg.task == task.name, "task", cfg.task, f"{task.name!r}, the task this run was given")
     check_optimizer(cfg.optimizer)
     check_choice("scheduler.name", cfg.scheduler.name, SCHEDULES, "scheduler")
     check_schedule_params(cfg.scheduler)
     check_trainer(cfg.trainer)
     check_choice("logger.mode", str(cfg.logger.mode), MODES, "W&B mode")
     timeout = cfg.logger.get("init_timeout", 15)
-    check(_is_number(timeout) and timeout > 0, "logger.init_timeout", timeout,
+    check(is_number(timeout) and timeout > 0, "logger.init_timeout", timeout,
           "seconds > 0 to wait for W&B to start before logging offline")
     if "analysis" in cfg:
         check_analysis(cfg.analysis)
-    validate_registered_names(cfg, image_task)
-
-
-def validate_registered_names(cfg: DictConfig, image_task: bool) -> None:
-    if image_task:
-        check_dataset_choices(cfg.dataset)
-        check_model_name("model.name", cfg.model.name)
-    else:
-        from dualadam.tasks.llm import LLMConfigError, validate_llm_config
-
-        try:
-            validate_llm_config(cfg)
-        except LLMConfigError as error:
-            raise ConfigError(str(error)) from None
+    task.check_config(cfg)
     check_optimizer_kwargs(cfg.optimizer)
-    check_selection(cfg)
-    if cfg.trainer.get("fused_optimizer", "auto") is True:
-        check(has_fused_path(cfg.optimizer.name), "trainer.fused_optimizer", True,
-              f"auto or false: optimizer {cfg.optimizer.name!r} has no fused implementation")
+    check_selection(cfg, task.holds_validation_split(cfg))
+    fused_problem = fused_setting_problem(cfg.optimizer.name, cfg.trainer.get("fused_optimizer", "auto"))
+    if fused_problem is not None:
+        raise ConfigError(fused_problem)

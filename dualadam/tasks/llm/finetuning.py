@@ -46,10 +46,8 @@ def apply_finetuning(model: nn.Module, finetune_cfg) -> nn.Module:
     method = finetune_cfg.method
     if method == "lora":
         model = lora_model(model, finetune_cfg.lora)
-    elif method == "full":
+    else:  # "full", the other of FINETUNE_METHODS (config.validate_finetune)
         model.requires_grad_(True)
-    else:
-        raise LLMConfigError(f"Unknown finetune.method={method!r}; valid: {', '.join(FINETUNE_METHODS)}")
     trainable, total = parameter_counts(model)
     log.info("Fine-tuning (%s): %d of %d parameters train (%.2f%%)", method, trainable, total,
              100.0 * trainable / total)

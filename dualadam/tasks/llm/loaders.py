@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from dualadam.tasks.image.data.loaders import EpochSampler
 from dualadam.tasks.llm.tokenization import EncodedExample, collate_for_loss, collate_prompts
+from dualadam.training.epoch_order import EpochSampler
 
 
 class PromptResponseLoader:

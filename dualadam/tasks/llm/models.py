@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dualadam.tasks.llm.errors import INSTALL_SMOLLM2, LLMConfigError, LLMSetupError, require
+from dualadam.tasks.llm.errors import INSTALL_SMOLLM2, LLMSetupError, require
 
 MODEL_SOURCES = ("smollm2_gguf", "hub", "tiny_random")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -103,12 +103,8 @@ def _from_pretrained(loader, where: str, **kwargs):
 def load_causal_lm(model_cfg) -> tuple[nn.Module, object]:
     """``(model, tokenizer)`` for the ``model`` config; the model in ``model.dtype``, on the CPU, all of its
     parameters still trainable (``finetuning.apply_finetuning`` decides which train)."""
-    source = model_cfg.get("source")
-    if source not in MODEL_SOURCES:
-        raise LLMConfigError(f"Unknown model.source={source!r}; valid: {', '.join(MODEL_SOURCES)}")
+    source = model_cfg.get("source")      # one of MODEL_SOURCES, and dtype one of DTYPES (config.validate_model)
     dtype_name = str(model_cfg.get("dtype", "float32"))
-    if dtype_name not in DTYPES:
-        raise LLMConfigError(f"model.dtype={dtype_name!r} is not one of {', '.join(DTYPES)}")
     if source == "tiny_random":
         tokenizer = tiny_char_tokenizer()
         special_ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,

@@ -27,8 +27,7 @@ from pathlib import Path
 
 from dualadam.tasks.llm.arithmetic import arithmetic_problems
 from dualadam.tasks.llm.errors import LLMConfigError, LLMSetupError
-from dualadam.tasks.llm.examples import Example
-from dualadam.tasks.llm.hash_split import split_of_identity
+from dualadam.tasks.llm.examples import Example, split_of_identity
 
 DATASET_NAMES = ("arithmetic", "jsonl", "gsm8k", "alpaca")
 DEFAULT_VAL_FRACTION = 0.1  # arithmetic: share of all problems reserved for validation when val_size is set
@@ -94,7 +93,7 @@ def holds_validation(cfg: Mapping) -> bool:
 def split_by_prompt_hash(examples: Iterable[Example], test_fraction: float,
                          val_fraction: float = 0.0) -> dict[str, list[Example]]:
     """``{"train", "val", "test"}``: which one an example joins is a SHA-256 hash of its prompt
-    (``hash_split``), so duplicated prompts always land in the same split."""
+    (``examples.split_of_identity``), so duplicated prompts always land in the same split."""
     parts: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
     for example in examples:
         parts[split_of_identity(example.prompt, test_fraction, val_fraction)].append(example)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dualadam.tasks.llm.config import validate_llm_config
 from dualadam.tasks.llm.evaluation import evaluate_batches, forward_logits, response_token_stats
 from dualadam.tasks.llm.finetuning import apply_finetuning, load_trainable_state_dict, trainable_state_dict
 from dualadam.tasks.llm.loaders import PromptResponseLoader, evaluation_batches
@@ -48,6 +49,7 @@ class LLMFineTuning:
     extra_eval_metrics = ("perplexity", "sequence_acc")
 
     def __init__(self, cfg, runtime):
+        validate_llm_config(cfg)  # also when built without the trainer's validation (cost.py, tests)
         self.runtime = runtime
         model, self.tokenizer = load_causal_lm(cfg.model)
         ensure_chat_template(self.tokenizer)

@@ -7,11 +7,10 @@ train-eval, test and (with ``dataset.val_size``) validation loaders, yielding (n
 
 from dualadam.tasks.image.data.builder import DATASET_NAMES, DATASETS, ImageData, build_image_data
 from dualadam.tasks.image.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES
-from dualadam.tasks.image.data.errors import DatasetNotFoundError
+from dualadam.tasks.image.data.folders import DatasetNotFoundError
 from dualadam.tasks.image.data.info import NORMALIZATIONS, DatasetInfo
-from dualadam.tasks.image.data.loaders import EpochLoader
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR100_CLASSES", "DATASETS", "DATASET_NAMES", "NORMALIZATIONS", "DatasetInfo",
-    "DatasetNotFoundError", "EpochLoader", "ImageData", "build_image_data",
+    "DatasetNotFoundError", "ImageData", "build_image_data",
 ]

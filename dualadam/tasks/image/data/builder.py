@@ -26,17 +26,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from dualadam.tasks.image.checks import check_dataset
 from dualadam.tasks.image.data.cifar import load_cifar
 from dualadam.tasks.image.data.device_loaders import DeviceEvalLoader
 from dualadam.tasks.image.data.folders import load_imagenet, load_tiny_imagenet
 from dualadam.tasks.image.data.info import DatasetInfo, Normalization, normalization_for
-from dualadam.tasks.image.data.loaders import (
-    EpochLoader,
-    ShuffledEpochLoader,
-    TransformedImages,
-    eval_loader,
-    mix_seed,
-)
+from dualadam.tasks.image.data.loaders import ShuffledEpochLoader, TransformedImages, eval_loader
 from dualadam.tasks.image.data.memory import (
     DEFAULT_MEMORY_BUDGET_GB,
     DevicePlacement,
@@ -49,6 +44,8 @@ from dualadam.tasks.image.data.memory import (
 from dualadam.tasks.image.data.sources import FileImages, ImageSource, balanced_subset
 from dualadam.tasks.image.data.synthetic import measured_normalization, synthetic_images
 from dualadam.tasks.image.data.transforms import eval_transform, train_transform
+from dualadam.training.epoch_order import mix_seed
+from dualadam.training.task import EpochLoader
 
 
 @dataclass(frozen=True)
@@ -98,26 +95,6 @@ class ImageData:
     val: DataLoader | DeviceEvalLoader | None = None  # held-out training images (dataset.val_size), else None
 
 
-def dataset_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASET_NAMES)} (dataset=<name>)")
-    return DATASETS[name]
-
-
-def _optional_positive(cfg: DictConfig, key: str) -> int | None:
-    value = cfg.get(key)
-    if value is not None and (not isinstance(value, int) or value <= 0):
-        raise ValueError(f"dataset.{key} must be a positive integer or null, got {value!r}")
-    return value
-
-
-def _check_loader_args(batch_size: int, eval_batch_size: int, num_workers: int) -> None:
-    for key, value, least in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
-                              ("num_workers", num_workers, 0)):
-        if not isinstance(value, int) or value < least:
-            raise ValueError(f"trainer.{key} must be an integer >= {least}, got {value!r}")
-
-
 def _normalization(cfg: DictConfig, train: ImageSource) -> Normalization:
     if cfg.name == "synthetic":
         return measured_normalization(train)
@@ -126,7 +103,7 @@ def _normalization(cfg: DictConfig, train: ImageSource) -> Normalization:
 
 def _train_eval_indices(cfg: DictConfig, train_size: int, test_size: int) -> np.ndarray:
     """A fixed subset of the training set, as large as the test set unless dataset.train_eval_size says more."""
-    size = _optional_positive(cfg, "train_eval_size") or test_size
+    size = cfg.get("train_eval_size") or test_size
     if size < test_size:
         raise ValueError(f"dataset.train_eval_size={size} is smaller than the test set ({test_size}); the "
                          "train-eval estimate must be at least as precise as the test one")
@@ -138,10 +115,10 @@ def validation_indices(cfg: DictConfig, labels: np.ndarray) -> np.ndarray | None
     """Indices (sorted) of the validation split among all training images ``labels``, or None without one.
 
     Class-balanced and drawn with its own stream of ``data_seed`` (not the one ``train_subset`` uses)."""
-    size = _optional_positive(cfg, "val_size")
+    size = cfg.get("val_size")
     if size is None:
         return None
-    needed = _optional_positive(cfg, "train_subset") or 1
+    needed = cfg.get("train_subset") or 1
     if size + needed > len(labels):
         raise ValueError(f"dataset.val_size={size} leaves {len(labels) - size} of the {len(labels)} training "
                          f"images to train on, but at least {needed} are needed (dataset.train_subset); lower "
@@ -158,9 +135,9 @@ def _sources(cfg: DictConfig, spec: DatasetSpec) -> dict[str, ImageSource]:
     if held_out is not None:
         sources["val"] = train.subset(held_out)
         train = train.subset(np.setdiff1d(np.arange(len(train)), held_out))
-    sources["train"] = train.subset(balanced_subset(train.labels, _optional_positive(cfg, "train_subset"),
+    sources["train"] = train.subset(balanced_subset(train.labels, cfg.get("train_subset"),
                                                     data_seed))
-    sources["test"] = test.subset(balanced_subset(test.labels, _optional_positive(cfg, "test_subset"), data_seed))
+    sources["test"] = test.subset(balanced_subset(test.labels, cfg.get("test_subset"), data_seed))
     return sources
 
 
@@ -205,8 +182,8 @@ def build_image_data(dataset_cfg: DictConfig | Mapping, *, batch_size: int, eval
     (``device_loaders``). The DataLoader path yields float32 CPU batches whatever these three say.
     """
     cfg = dataset_cfg if isinstance(dataset_cfg, DictConfig) else OmegaConf.create(dict(dataset_cfg))
-    spec = dataset_spec(cfg.get("name"))
-    _check_loader_args(batch_size, eval_batch_size, num_workers)
+    check_dataset(cfg)  # the task's own checks; the trainer's batch sizes and workers are checked by the core
+    spec = DATASETS[cfg.name]
     sources = _sources(cfg, spec)
     kind = _loader_kind(cfg, spec, sources)
     decoded = _decoded(cfg, spec, sources, kind)

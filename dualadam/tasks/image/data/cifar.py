@@ -6,8 +6,12 @@ from pathlib import Path
 
 import torchvision
 
-from dualadam.tasks.image.data.errors import DatasetNotFoundError, missing_dataset_message
-from dualadam.tasks.image.data.folders import has_split_folders, scan_image_folder
+from dualadam.tasks.image.data.folders import (
+    DatasetNotFoundError,
+    has_split_folders,
+    missing_dataset_message,
+    scan_image_folder,
+)
 from dualadam.tasks.image.data.sources import ArrayImages, ImageSource
 
 # Canonical label order (the order of the label names in the dataset's own meta file). An ImageFolder copy

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dualadam.tasks.image.data.loaders import mix_seed
+from dualadam.training.epoch_order import mix_seed
 
 # What the device path can do. "crop_flip": CIFAR's pad-and-crop + flip; "flip": flip only (Tiny-ImageNet,
 # images fitted to the model size beforehand); "none": no augmentation.

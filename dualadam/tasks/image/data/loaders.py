@@ -10,29 +10,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from dualadam.tasks.image.data.sources import ImageSource
-
-SampleKey = tuple[int, int]  # (index into the source, augmentation seed)
-
-
-class EpochLoader(Protocol):
-    """The training loader the trainer sees."""
-
-    def set_epoch(self, epoch: int) -> None: ...
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
-    def __len__(self) -> int: ...
-
-
-def mix_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (so (seed, epoch) and (seed + 1, epoch - 1) do not collide)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+from dualadam.training.epoch_order import EpochSampler, SampleKey
 
 
 class TransformedImages(Dataset):
@@ -60,33 +45,6 @@ class TransformedImages(Dataset):
     def _transformed(self, index: int) -> tuple[Tensor, int]:
         image, label = self.source[index]
         return self.transform(image), label
-
-
-class EpochSampler(Sampler[SampleKey]):
-    """This rank's share of a seeded permutation of ``range(num_samples)``, redrawn by ``set_epoch``.
-
-    Rank ``r`` of ``world_size`` takes positions ``r, r + world_size, ...`` of the epoch's permutation, so the
-    shards are disjoint and together cover every sample once (their lengths differ by at most one).
-    """
-
-    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        self.num_samples, self.seed, self.rank, self.world_size = num_samples, seed, rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.num_samples, self.world_size))
-
-    def __iter__(self) -> Iterator[SampleKey]:
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-        order = torch.randperm(self.num_samples, generator=generator)
-        aug_seeds = torch.randint(0, 2**62, (self.num_samples,), generator=generator)
-        shard = order[self.rank :: self.world_size]
-        return iter(zip(shard.tolist(), aug_seeds[shard].tolist(), strict=True))
 
 
 def _seed_worker(worker_id: int) -> None:
