@@ -232,7 +232,7 @@ DATASET_BOOLS = ("download", "preload")
 def check_dataset_values(dataset: DictConfig) -> None:
     """The image datasets' plain values, each where the dataset has it."""
     for key, least in DATASET_INTS.items():
-        if key in dataset:
+        if key in dataset and not (key == "image_size" and dataset[key] == "auto"):  # auto: image_folder
             check(_is_int(dataset[key]) and dataset[key] >= least, f"dataset.{key}", dataset[key],
                   f"an integer >= {least}")
     for key in DATASET_OPTIONAL_SIZES:
@@ -260,6 +260,13 @@ def check_dataset_choices(dataset: DictConfig) -> None:
     from dualadam.tasks.image.data.transforms import AUGMENTATIONS
 
     check_choice("dataset.name", dataset.name, DATASET_NAMES, "dataset")
+    if dataset.name == "image_folder":
+        from dualadam.tasks.image.data.image_folder import ImageFolderError, check_image_folder
+
+        try:
+            check_image_folder(dataset)   # its settings, the tree's layout, every image readable
+        except ImageFolderError as error:
+            raise ConfigError(str(error)) from None
     check_choice("dataset.loader", dataset.get("loader") or "dataloader", LOADERS, "loader")
     if dataset.get("augmentation") is not None:
         check_choice("dataset.augmentation", dataset.augmentation, AUGMENTATIONS, "augmentation")
@@ -300,7 +307,15 @@ def validate_config(cfg: DictConfig) -> None:
 def validate_registered_names(cfg: DictConfig, image_task: bool) -> None:
     if image_task:
         check_dataset_choices(cfg.dataset)
-        check_model_name("model.name", cfg.model.name)
+        if "_target_" in cfg.model:
+            from dualadam.tasks.image.models.custom import CustomModelError, check_custom_model
+
+            try:
+                check_custom_model(cfg.model)
+            except CustomModelError as error:
+                raise ConfigError(str(error)) from None
+        else:
+            check_model_name("model.name", cfg.model.name)
     else:
         from dualadam.tasks.llm import LLMConfigError, validate_llm_config
 
