@@ -307,7 +307,7 @@ def validate_config(cfg: DictConfig) -> None:
 def validate_registered_names(cfg: DictConfig, image_task: bool) -> None:
     if image_task:
         check_dataset_choices(cfg.dataset)
-        if "_target_" in cfg.model:
+        if "_target_" in cfg.model.keys():   # keys(): also when it is still ??? (missing)
             from dualadam.tasks.image.models.custom import CustomModelError, check_custom_model
 
             try:

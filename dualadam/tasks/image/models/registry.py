@@ -70,7 +70,7 @@ def build_model(model_cfg: DictConfig | Mapping, info: DatasetInfo) -> nn.Module
     ``model_cfg.pretrained`` loads timm weights (there are none for the paper's models).
     """
     cfg = model_cfg if isinstance(model_cfg, DictConfig) else OmegaConf.create(dict(model_cfg))
-    if "_target_" in cfg:   # model=custom: your own class by import path
+    if "_target_" in cfg.keys():   # model=custom: your own class by import path (keys(): even if ???)
         return build_custom_model(cfg, info)
     name, pretrained = cfg.get("name"), bool(cfg.get("pretrained", False))
     kwargs = OmegaConf.to_container(cfg.kwargs) if cfg.get("kwargs") else {}
