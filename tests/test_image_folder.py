@@ -188,7 +188,7 @@ def test_a_generated_tree_trains_end_to_end_and_names_the_run_after_its_folder(t
 def test_the_cifar10_copy_as_an_image_folder_trains_exactly_like_dataset_cifar10(cifar10_subset_root, make_cfg):
     """Same images, order and augmentation: with CIFAR-10's normalization the runs are identical. The measured
     normalization (the default) is close to CIFAR-10's published per-pixel values."""
-    shared = ("trainer.batch_size=64", "dataset.train_subset=640", "dataset.test_subset=200", "dataset.val_size=100")
+    shared = ("trainer.batch_size=64", "dataset.train_subset=640", "dataset.test_subset=200", "++dataset.val_size=100")
     cifar = make_cfg("dataset=cifar10", f"dataset.root={cifar10_subset_root}", "dataset.download=false", *shared)
     folder = make_cfg("dataset=image_folder", f"dataset.path={cifar10_subset_root / 'cifar10'}",
                       "dataset.normalization=cifar10", *shared)
