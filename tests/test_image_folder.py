@@ -185,6 +185,7 @@ def test_a_generated_tree_trains_end_to_end_and_names_the_run_after_its_folder(t
     assert "-my_flowers-" in run_name(renamed)
 
 
+@pytest.mark.slow  # two runs of 640 images and a 5,000-image measurement
 def test_the_cifar10_copy_as_an_image_folder_trains_exactly_like_dataset_cifar10(cifar10_subset_root, make_cfg):
     """Same images, order and augmentation: with CIFAR-10's normalization the runs are identical. The measured
     normalization (the default) is close to CIFAR-10's published per-pixel values."""
