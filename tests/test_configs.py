@@ -46,13 +46,24 @@ def test_config_composes_and_validates(group, name):
     # Text datasets and causal LMs belong to task=llm_finetune: compose them on top of its smoke config.
     base = ["debug=llm_smoke"] if is_llm_choice(group, name) else []
     cfg = compose_train_config([*base, f"{group}={name}"], fast=False)
+    if (group, name) in NEEDS_A_USER_VALUE:   # your own data or model: validation asks for it
+        with pytest.raises(ConfigError, match=NEEDS_A_USER_VALUE[group, name]):
+            validate_config(cfg)
+        return
     validate_config(cfg)
 
 
+# Choices that name the user's own files or code (tests/test_image_folder.py, tests/test_custom_model.py).
+NEEDS_A_USER_VALUE = {("dataset", "image_folder"): "dataset.path: is not set",
+                      ("model", "custom"): "model._target_ is not set"}
+
+
 def is_llm_choice(group: str, name: str) -> bool:
-    """LLM model configs name a ``source``; image dataset configs have a ``root`` folder, text ones do not."""
+    """LLM model configs name a ``source``; image dataset configs have a ``root`` folder (or, your own, a
+    ``path``), text ones do not."""
     cfg = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
-    return (group == "model" and "source" in cfg) or (group == "dataset" and "root" not in cfg)
+    image_dataset = "root" in cfg or "path" in cfg.keys()
+    return (group == "model" and "source" in cfg) or (group == "dataset" and not image_dataset)
 
 
 def test_task_llm_finetune_brings_its_own_defaults_and_task_stays_a_plain_string():

@@ -58,15 +58,31 @@ CORRUPT_SUFFIX = ".corrupt"                # a damaged last.pt, moved aside for 
 LOCK_FILE = ".lock"
 FINISHED = ("completed", "diverged")   # rerunning these would only repeat them
 NAME_HASH_CHARS = 10
-NAME_KEYS = ("model.name", "dataset.name")   # after the optimizer's label
+# After the optimizer's label: the model's and the dataset's names, each the first of its keys that is set.
+# Your own model and data (model=custom, dataset=image_folder) are named after the class and the folder.
+NAME_KEYS = (("model.display_name", "model._target_", "model.name"),
+             ("dataset.display_name", "dataset.path", "dataset.name"))
+
+
+def _name_part(cfg: DictConfig, keys: tuple[str, ...]) -> str | None:
+    """The first of ``keys`` set in ``cfg``; an import path is shortened to its last name, a path to its folder."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is None or value == "???":
+            continue
+        if key.endswith("_target_"):
+            return str(value).rsplit(".", 1)[-1]
+        if key.endswith(".path"):
+            return Path(os.path.abspath(os.path.expanduser(str(value)))).name
+        return str(value)
+    return None
 
 
 def run_name(cfg: DictConfig) -> str:
     """``<optimizer>-<model>-<dataset>-seed<seed>-<hash prefix>``, from whichever of those keys ``cfg`` has
     (the optimizer as ``optimizer_label`` calls it: ``adam_matched_warmup``, not ``adam``)."""
     optimizer = OmegaConf.select(cfg, "optimizer", default=None)
-    parts = [None if optimizer is None else optimizer_label(optimizer),
-             *(OmegaConf.select(cfg, key, default=None) for key in NAME_KEYS)]
+    parts = [None if optimizer is None else optimizer_label(optimizer), *(_name_part(cfg, k) for k in NAME_KEYS)]
     parts = [str(part) for part in parts if part is not None]
     seed = OmegaConf.select(cfg, "seed", default=None)
     if seed is not None:

@@ -19,7 +19,7 @@ DATASET_BOOLS = ("download", "preload")
 def check_dataset_values(dataset: DictConfig) -> None:
     """The image datasets' plain values, each where the dataset has it."""
     for key, least in DATASET_INTS.items():
-        if key in dataset:
+        if key in dataset and not (key == "image_size" and dataset[key] == "auto"):  # auto: image_folder
             check(is_int(dataset[key]) and dataset[key] >= least, f"dataset.{key}", dataset[key],
                   f"an integer >= {least}")
     for key in DATASET_OPTIONAL_SIZES:
@@ -47,6 +47,13 @@ def check_dataset_choices(dataset: DictConfig) -> None:
     from dualadam.tasks.image.data.transforms import AUGMENTATIONS
 
     check_choice("dataset.name", dataset.name, DATASET_NAMES, "dataset")
+    if dataset.name == "image_folder":
+        from dualadam.tasks.image.data.image_folder import ImageFolderError, check_image_folder
+
+        try:
+            check_image_folder(dataset)   # its settings, the tree's layout, every image readable
+        except ImageFolderError as error:
+            raise ConfigError(str(error)) from None
     check_choice("dataset.loader", dataset.get("loader") or "dataloader", LOADERS, "loader")
     if dataset.get("augmentation") is not None:
         check_choice("dataset.augmentation", dataset.augmentation, AUGMENTATIONS, "augmentation")
@@ -80,7 +87,15 @@ def check_image_config(cfg: DictConfig) -> None:
     check_dataset_values(cfg.dataset)
     check_model_values(cfg.model)
     check_dataset_choices(cfg.dataset)
-    check_model_name("model.name", cfg.model.name)
+    if "_target_" in cfg.model.keys():   # keys(): also when it is still ??? (missing)
+        from dualadam.tasks.image.models.custom import CustomModelError, check_custom_model
+
+        try:
+            check_custom_model(cfg.model)
+        except CustomModelError as error:
+            raise ConfigError(str(error)) from None
+    else:
+        check_model_name("model.name", cfg.model.name)
 
 
 def holds_validation_split(cfg: DictConfig) -> bool:

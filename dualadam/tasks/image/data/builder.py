@@ -30,6 +30,7 @@ from dualadam.tasks.image.checks import check_dataset
 from dualadam.tasks.image.data.cifar import load_cifar
 from dualadam.tasks.image.data.device_loaders import DeviceEvalLoader
 from dualadam.tasks.image.data.folders import load_imagenet, load_tiny_imagenet
+from dualadam.tasks.image.data.image_folder import load_image_folder, resolve_image_folder
 from dualadam.tasks.image.data.info import DatasetInfo, Normalization, normalization_for
 from dualadam.tasks.image.data.loaders import ShuffledEpochLoader, TransformedImages, eval_loader
 from dualadam.tasks.image.data.memory import (
@@ -57,9 +58,15 @@ class DatasetSpec:
     augmentation: str
     eval_resize_ratio: float = 1.0  # eval: resize to image_size / ratio, then center-crop image_size
     preload: bool = False  # decode every image into memory once, before training
+    # A copy of the config with what the dataset measures written in (image_size, augmentation, mean/std...)
+    resolve: Callable[[DictConfig], DictConfig] | None = None
+    fits_images: bool = False  # the memory path decodes images fitted to image_size (trees of mixed sizes)
 
 
 def _folder(cfg: DictConfig) -> Path:
+    """The dataset's folder (the pixel cache lives in it): ``dataset.path`` if given, else <root>/<name>."""
+    if cfg.get("path"):
+        return Path(os.path.expanduser(str(cfg.path)))
     return Path(os.path.expanduser(str(cfg.get("root") or "data"))) / cfg.name
 
 
@@ -79,6 +86,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "imagenet": DatasetSpec(lambda c: load_imagenet(_folder(c)), 224, "random_resized_crop",
                             eval_resize_ratio=224 / 256),
     "synthetic": DatasetSpec(_synthetic, 32, "crop_flip"),
+    "image_folder": DatasetSpec(load_image_folder, 32, "crop_flip", resolve=resolve_image_folder,
+                                fits_images=True),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
@@ -96,6 +105,8 @@ class ImageData:
 
 
 def _normalization(cfg: DictConfig, train: ImageSource) -> Normalization:
+    if cfg.get("mean") is not None:  # written in by the spec's resolve (image_folder)
+        return Normalization(tuple(cfg.mean), tuple(cfg.std))
     if cfg.name == "synthetic":
         return measured_normalization(train)
     return normalization_for(cfg.name, cfg.get("normalization", "dataset"))
@@ -145,20 +156,24 @@ def _loader_kind(cfg: DictConfig, spec: DatasetSpec, sources: dict[str, ImageSou
     """``dataset.loader`` resolved to "memory" or "dataloader" (``dualadam.tasks.image.data.memory`` says how). A config
     without the key keeps the DataLoader; every file in ``configs/dataset/`` sets ``loader: auto``."""
     augmentation = cfg.get("augmentation") or spec.augmentation
-    fit_size = fit_size_for(augmentation, cfg.get("image_size") or spec.image_size)
     return resolve_loader(cfg.get("loader") or "dataloader", augmentation,
                           cfg.get("eval_resize_ratio") or spec.eval_resize_ratio,
-                          lambda: decoded_bytes(tuple(sources.values()), fit_size),
+                          lambda: decoded_bytes(tuple(sources.values()), _fit_size(cfg, spec)),
                           cfg.get("memory_budget_gb") or DEFAULT_MEMORY_BUDGET_GB)
+
+
+def _fit_size(cfg: DictConfig, spec: DatasetSpec) -> int | None:
+    """The side images are fitted to as they decode for the memory path (``memory.fit_size_for``)."""
+    image_size = cfg.get("image_size") or spec.image_size
+    return image_size if spec.fits_images else fit_size_for(cfg.get("augmentation") or spec.augmentation,
+                                                            image_size)
 
 
 def _decoded(cfg: DictConfig, spec: DatasetSpec, sources: dict[str, ImageSource],
              kind: str) -> dict[str, ImageSource]:
     """The memory path decodes through the pixel cache; the DataLoader path decodes up front if preloading."""
     if kind == "memory":
-        fit_size = fit_size_for(cfg.get("augmentation") or spec.augmentation,
-                                cfg.get("image_size") or spec.image_size)
-        return {split: in_memory(s, _folder(cfg), split, fit_size) for split, s in sources.items()}
+        return {split: in_memory(s, _folder(cfg), split, _fit_size(cfg, spec)) for split, s in sources.items()}
     if cfg.get("preload", spec.preload):
         return {split: s.decode_all() if isinstance(s, FileImages) else s for split, s in sources.items()}
     return sources
@@ -184,13 +199,15 @@ def build_image_data(dataset_cfg: DictConfig | Mapping, *, batch_size: int, eval
     cfg = dataset_cfg if isinstance(dataset_cfg, DictConfig) else OmegaConf.create(dict(dataset_cfg))
     check_dataset(cfg)  # the task's own checks; the trainer's batch sizes and workers are checked by the core
     spec = DATASETS[cfg.name]
+    if spec.resolve is not None:
+        cfg = spec.resolve(cfg)
     sources = _sources(cfg, spec)
     kind = _loader_kind(cfg, spec, sources)
     decoded = _decoded(cfg, spec, sources, kind)
     train, test, val = decoded["train"], decoded["test"], decoded.get("val")
     norm = _normalization(cfg, train)
     image_size = cfg.get("image_size") or spec.image_size
-    info = DatasetInfo(cfg.name, len(train.classes), image_size, int(train[0][0].shape[0]), norm.mean, norm.std)
+    info = DatasetInfo(cfg.get("display_name") or cfg.name, len(train.classes), image_size, int(train[0][0].shape[0]), norm.mean, norm.std)
     if kind == "memory":
         loaders = build_device_loaders(
             train, test, val, _train_eval_indices(cfg, len(train), len(test)), norm,

@@ -12,6 +12,7 @@ from torch import nn
 
 from dualadam.tasks.image.data.info import DatasetInfo
 from dualadam.tasks.image.models.cifar_resnet import resnet18_cifar, resnet50_cifar
+from dualadam.tasks.image.models.custom import build_custom_model
 from dualadam.tasks.image.models.small_cnn import small_cnn
 from dualadam.tasks.image.models.vgg import vgg16_bn_cifar
 from dualadam.tasks.image.models.vit import vit_paper_32_4, vit_paper_64_8, vit_paper_224_16
@@ -62,12 +63,15 @@ def _timm_model(name: str, info: DatasetInfo, pretrained: bool, kwargs: dict) ->
 
 
 def build_model(model_cfg: DictConfig | Mapping, info: DatasetInfo) -> nn.Module:
-    """The model ``model_cfg.name`` for ``info``'s classes, channels and image size.
+    """The model ``model_cfg.name`` for ``info``'s classes, channels and image size (or, with a ``_target_``,
+    your own model: ``models.custom``).
 
     ``model_cfg.kwargs`` go to the paper model's builder or to ``timm.create_model``;
     ``model_cfg.pretrained`` loads timm weights (there are none for the paper's models).
     """
     cfg = model_cfg if isinstance(model_cfg, DictConfig) else OmegaConf.create(dict(model_cfg))
+    if "_target_" in cfg.keys():   # model=custom: your own class by import path (keys(): even if ???)
+        return build_custom_model(cfg, info)
     name, pretrained = cfg.get("name"), bool(cfg.get("pretrained", False))
     kwargs = OmegaConf.to_container(cfg.kwargs) if cfg.get("kwargs") else {}
     if name in PAPER_MODELS:
