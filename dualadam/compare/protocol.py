@@ -50,13 +50,15 @@ def stages(protocol: Protocol, launch: Launch) -> tuple[Stage, Stage]:
 
 
 def total_steps(stage: Stage, protocol: Protocol) -> int:
-    """Optimizer steps of a tuning run (epochs x steps per epoch), measured on the data it will load."""
+    """Optimizer steps of a tuning run (epochs x steps per epoch), measured on the data it will load; with
+    gradient accumulation, one step per window (``training.recipe``)."""
     from dualadam.tasks import build_task
+    from dualadam.training.recipe import Recipe
     from dualadam.training.runtime import resolve_runtime
 
     cfg = stage.config(Job("tune-length", protocol.optimizers[0], protocol.tune_seed))
     task = build_task(cfg, resolve_runtime(cfg.trainer))
-    return len(task.train_loader) * int(cfg.trainer.epochs)
+    return Recipe.from_config(cfg.trainer).optimizer_steps_per_epoch(len(task.train_loader)) * int(cfg.trainer.epochs)
 
 
 def confirmation_jobs(protocol: Protocol, tuning: Tuning) -> dict[str, list[Job]]:

@@ -6,7 +6,9 @@ grad scaler) or in ``TrainState``; ``Trainer.end_of_epoch`` hands both to the ch
 (``Diverged``, nothing saved) or a preemption signal (``Preempted``, after a checkpoint at that very step; a
 signal during an evaluation stops it and checkpoints the end of the epoch's training, so the resumed run
 evaluates again). With several processes the model is trained through ``DistributedDataParallel``
-(``dualadam.training.distributed``). Each epoch's row is logged as one line (``describe_row``).
+(``dualadam.training.distributed``). Each epoch's row is logged as one line (``describe_row``). Gradient
+accumulation and clipping (``Recipe``) are applied here, alike for every task and optimizer
+(``dualadam.training.recipe`` says how).
 """
 
 from __future__ import annotations
