@@ -97,10 +97,11 @@ class GradNormTotals:
         return {"grad_norm_total": self.total.cpu(), "grad_norm_steps": self.steps.cpu()}
 
     @classmethod
-    def restore(cls, state: dict, device: torch.device) -> GradNormTotals:
-        """From ``state()``; a checkpoint without the sums (written without clipping) starts them at zero."""
+    def restore(cls, state: dict, device: torch.device) -> GradNormTotals | None:
+        """From ``state()``; None from a checkpoint without the sums (a run without clipping)."""
+        if "grad_norm_total" not in state:
+            return None
         totals = cls(device)
-        if "grad_norm_total" in state:
-            totals.total = state["grad_norm_total"].to(device)
-            totals.steps = state["grad_norm_steps"].to(device)
+        totals.total = state["grad_norm_total"].to(device)
+        totals.steps = state["grad_norm_steps"].to(device)
         return totals
