@@ -26,19 +26,26 @@ DDP_OVERRIDES = ("model=timm", "model.name=test_vit", "dataset=synthetic", "data
                  "trainer.num_workers=0", "trainer.progress=false", "logger=none", "optimizer=dualadam")
 
 
-def test_two_gloo_processes_train_the_single_process_run(tmp_path, isolated_wandb):
+# Accumulation (windows of 2, 2, 1: gradients averaged across ranks only at each window's last backward) and
+# clipping (of the averaged gradients, alike on every rank) must keep the processes on the single-process run.
+RECIPE = ("trainer.grad_accum_steps=2", "trainer.grad_clip_norm=0.5")
+
+
+@pytest.mark.parametrize("recipe", [(), RECIPE], ids=["plain", "accumulation and clipping"])
+def test_two_gloo_processes_train_the_single_process_run(tmp_path, isolated_wandb, recipe):
     ddp_dir = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "dualadam.train",
-                             *DDP_OVERRIDES, f"hydra.run.dir={ddp_dir}"], cwd=REPO, env=child_env(),
+                             *DDP_OVERRIDES, *recipe, f"hydra.run.dir={ddp_dir}"], cwd=REPO, env=child_env(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = read_summary(ddp_dir)
     assert summary["status"] == "completed" and summary["world_size"] == 2
+    assert summary["effective_batch_size"] == (64 if recipe else 32)   # the global batch x accumulation
     assert summary["replicas_identical"] is True  # both ranks' weights compared bitwise at the end
     assert result.stdout.count("[dualadam] run completed") == 1  # rank 0 alone reports and writes
 
-    cfg = compose_train_config(DDP_OVERRIDES, fast=False)
+    cfg = compose_train_config([*DDP_OVERRIDES, *recipe], fast=False)
     with open_dict(cfg):
         cfg.run_dir = str(tmp_path / "single")
     single = train(cfg)

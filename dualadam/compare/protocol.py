@@ -51,21 +51,23 @@ def stages(protocol: Protocol, launch: Launch) -> tuple[Stage, Stage]:
 
 
 def total_steps(tune: Stage, confirm: Stage, protocol: Protocol) -> int:
-    """Optimizer steps of a tuning run (epochs x steps per epoch), measured on the data it will load.
+    """Optimizer steps of a tuning run (epochs x steps per epoch; with gradient accumulation, one step per
+    window, ``training.recipe``), measured on the data it will load.
 
     A confirmation run is checked and its data built here too, before any trial trains: a confirmation
     config that fails (e.g. its full test set larger than its train-eval set) must stop the study now, not
     after an hour of tuning."""
-    from dualadam.tasks import build_task
+    from dualadam.tasks import build_task, validate_config
+    from dualadam.training.recipe import Recipe
     from dualadam.training.runtime import resolve_runtime
-    from dualadam.training.validation import validate_config
 
     first = protocol.optimizers[0]
     for cfg in (confirm.config(Job("confirm-check", first, protocol.confirm_seeds[0])),
                 tune.config(Job("tune-length", first, protocol.tune_seed))):
         validate_config(cfg)
         task = build_task(cfg, resolve_runtime(cfg.trainer))
-    return len(task.train_loader) * int(cfg.trainer.epochs)
+    steps_per_epoch = Recipe.from_config(cfg.trainer).optimizer_steps_per_epoch(len(task.train_loader))
+    return steps_per_epoch * int(cfg.trainer.epochs)
 
 
 def confirmation_jobs(protocol: Protocol, tuning: Tuning) -> dict[str, list[Job]]:

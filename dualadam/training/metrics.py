@@ -26,6 +26,8 @@ OPTIMIZER_STEPS = "optim/steps"          # optimizer steps taken so far
 EPOCH_TIME = "time/epoch_s"              # wall-clock seconds of the training pass (evaluation excluded)
 EVAL_TIME = "time/eval_s"                # wall-clock seconds of both evaluations
 THROUGHPUT = "throughput/images_per_s"   # training samples per second of the training pass
+GRAD_NORM = "train/grad_norm"            # mean global gradient norm before clipping, over the epoch's steps:
+                                         # recorded (after THROUGHPUT) only by runs with trainer.grad_clip_norm
 
 EPOCH_METRIC_KEYS: tuple[str, ...] = (
     EPOCH, TRAIN_LOSS, TRAIN_ACC, TRAIN_EVAL_LOSS, TRAIN_EVAL_ACC, TEST_LOSS, TEST_ACC, GAP_ACC, GAP_LOSS,

@@ -38,7 +38,8 @@ IDENTITY_EXCLUDED_KEYS = ("run_dir", "hydra", "logger", "cluster", "trainer.prog
                           "dataset.root", "dataset.download", "dataset.memory_budget_gb")
 # Keys added to the configs after runs were made: at these values they change nothing the earlier runs did,
 # so they are left out of the identity and the earlier runs keep their hash (and resume, or are skipped).
-ADDED_KEY_DEFAULTS = {"trainer.eval_before_training": False}
+ADDED_KEY_DEFAULTS = {"trainer.eval_before_training": False, "trainer.grad_clip_norm": None,
+                      "trainer.grad_accum_steps": 1, "trainer.label_smoothing": 0.0}
 # Machine settings whose ``auto`` depends on the device; a value equal to what ``auto`` resolves to on this
 # machine counts as ``auto`` (``trainer.device=cpu`` on a CPU host is the same run as ``auto``).
 RUNTIME_AUTO_KEYS = ("trainer.device", "trainer.fused_optimizer", "trainer.precision", "trainer.channels_last")

@@ -1,7 +1,8 @@
 """What a checkpoint holds, and putting a trainer back exactly where it was.
 
 ``last.pt`` (``checkpoint.save_checkpoint``: atomic, SHA-256-verified) is written at the end of every epoch and
-when a preemption signal stops training mid-epoch; the one it replaces is kept as ``previous.pt``. It holds everything the next step depends on:
+when a preemption signal stops training mid-epoch (after an optimizer step, so never within a gradient
+accumulation window); the one it replaces is kept as ``previous.pt``. It holds everything the next step depends on:
 
 - the model (with LoRA only the adapters: the task's ``checkpoint_state``), the optimizer (DualAdam/InvAdam
   keep their step count and mixing weight in their param groups), the LR scheduler (its step count) and the

@@ -44,6 +44,7 @@ from dualadam.training.metrics import selection_split
 from dualadam.training.optimizers import build_optimizer, warmup_steps
 from dualadam.training.preemption import Preempted, PreemptionFlag
 from dualadam.training.progress_log import describe_ending
+from dualadam.training.recipe import Recipe, effective_batch_size
 from dualadam.training.resume import Checkpointer
 from dualadam.training.run_directory import (
     CHECKPOINT_FILE,
@@ -65,16 +66,18 @@ log = logging.getLogger(__name__)
 
 def build_trainer(cfg: DictConfig, runtime: Runtime, definition: TaskDefinition, sinks=(), *,
                   guard: TrainingGuard | None = None, checkpointer: Checkpointer | None = None) -> Trainer:
-    """Tasks see their rank's share of the global ``trainer.batch_size``; all ranks take the same steps."""
+    """Tasks see their rank's share of the global ``trainer.batch_size``; all ranks take the same steps. The
+    schedule counts optimizer steps: one per accumulation window (``recipe``)."""
     task = definition.build(per_rank_config(cfg, runtime), runtime)
     optimizer = build_optimizer(cfg.optimizer, task.model, fused=runtime.fused_optimizer)
     steps = agreed_steps_per_epoch(len(task.train_loader), runtime)
-    length = TrainingLength(steps_per_epoch=steps, epochs=cfg.trainer.epochs)
+    recipe = Recipe.from_config(cfg.trainer)
+    length = TrainingLength(steps_per_epoch=recipe.optimizer_steps_per_epoch(steps), epochs=cfg.trainer.epochs)
     scheduler = build_lr_scheduler(cfg.scheduler, optimizer, length, warmup_steps(cfg.optimizer))
     return Trainer(task, optimizer, scheduler, runtime, epochs=cfg.trainer.epochs, monitor=cfg.trainer.monitor,
                    progress=progress_enabled(cfg.trainer.progress) and is_main_process(runtime), sinks=sinks,
                    guard=guard, checkpointer=checkpointer, steps_per_epoch=steps,
-                   sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm", True)))
+                   sync_batchnorm=bool(cfg.trainer.get("sync_batchnorm", True)), recipe=recipe)
 
 
 def summarize(cfg: DictConfig, state: TrainState, *, status: str, runtime: Runtime | None,
@@ -101,6 +104,7 @@ def summarize(cfg: DictConfig, state: TrainState, *, status: str, runtime: Runti
         "run_dir": str(run_dir),
         "seconds": seconds,  # this attempt's wall time (a resumed run had earlier attempts)
         "world_size": runtime.world_size if runtime else 1,
+        "effective_batch_size": effective_batch_size(cfg.trainer),  # samples per optimizer step, all ranks
         "host": os.uname().nodename,
         "pid": os.getpid(),
         **ending,
@@ -220,6 +224,7 @@ class Attempt:
         if self.main:
             self.wandb.start()
             self.state.wandb_run_id = self.wandb.run_id
+            self.wandb.update_summary({"effective_batch_size": effective_batch_size(cfg.trainer)})
             self.files.write_summary(self.summary("running"))
         if cfg.trainer.get("eval_before_training") and self.state.initial is None:
             self.state.initial = trainer.evaluate_before_training()

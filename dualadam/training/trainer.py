@@ -6,11 +6,14 @@ grad scaler) or in ``TrainState``; ``Trainer.end_of_epoch`` hands both to the ch
 (``Diverged``, nothing saved) or a preemption signal (``Preempted``, after a checkpoint at that very step; a
 signal during an evaluation stops it and checkpoints the end of the epoch's training, so the resumed run
 evaluates again). With several processes the model is trained through ``DistributedDataParallel``
-(``dualadam.training.distributed``). Each epoch's row is logged as one line (``describe_row``).
+(``dualadam.training.distributed``). Each epoch's row is logged as one line (``describe_row``). Gradient
+accumulation and clipping (``Recipe``) are applied here, alike for every task and optimizer
+(``dualadam.training.recipe`` says how).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import logging
@@ -29,6 +32,7 @@ from dualadam.training.guard import Diverged, EvaluationStopped, TrainingGuard
 from dualadam.training.optimizers import inverse_adam_rate
 from dualadam.training.preemption import Preempted
 from dualadam.training.progress_log import describe_row
+from dualadam.training.recipe import GradNormTotals, Recipe, Window
 from dualadam.training.runtime import Runtime
 from dualadam.training.task import Task
 
@@ -51,6 +55,7 @@ class TrainingPass:
     seconds: float
     samples: int
     finished: EpochProgress | None = None  # the epoch after its last batch: a checkpoint if evaluation stops
+    grad_norm: float | None = None  # mean global gradient norm before clipping (only with trainer.grad_clip_norm)
 
 
 class CheckpointSink(Protocol):
@@ -61,20 +66,23 @@ class CheckpointSink(Protocol):
 
 @dataclass
 class EpochProgress:
-    """How far into epoch ``epoch`` (0-based) training got when it stopped mid-epoch."""
+    """How far into epoch ``epoch`` (0-based) training got when it stopped mid-epoch. A stop comes only at
+    the end of an accumulation window (``recipe``), so ``batches`` never splits one."""
 
     epoch: int
     batches: int               # batches trained in this epoch: the index of the next one
     totals: M.RunningTotals    # their loss and accuracy sums (this rank's)
     lr: float                  # the lr of the last step taken
     seconds: float             # training time they took
+    grad_norms: GradNormTotals | None = None  # their steps' gradient norms (with trainer.grad_clip_norm)
 
     def position(self) -> dict:
         return {"epoch": self.epoch, "batches": self.batches, "lr": self.lr, "seconds": self.seconds}
 
     def totals_state(self) -> dict:
+        norms = {} if self.grad_norms is None else self.grad_norms.state()
         return {"loss_sum": self.totals.loss_sum.cpu(), "correct": self.totals.correct.cpu(),
-                "count": self.totals.count}
+                "count": self.totals.count, **norms}
 
     @classmethod
     def restore(cls, position: dict, totals: dict, device: torch.device) -> EpochProgress:
@@ -82,7 +90,7 @@ class EpochProgress:
         restored.loss_sum = totals["loss_sum"].to(device)
         restored.correct = totals["correct"].to(device)
         restored.count = int(totals["count"])
-        return cls(totals=restored, **position)
+        return cls(totals=restored, grad_norms=GradNormTotals.restore(totals, device), **position)
 
 
 def epoch_batches(loader, epoch: int, start_batch: int, steps: int) -> Iterator:
@@ -130,15 +138,18 @@ class TrainState:
 class Trainer:
     """``steps_per_epoch``: None means ``len(task.train_loader)``; with several ranks, the number all agreed on.
     ``guard``: None watches for divergence only (no preemption), reading the flag every 50 steps.
-    ``checkpointer``: None saves nothing."""
+    ``checkpointer``: None saves nothing. ``recipe``: gradient accumulation and clipping (``recipe``); the
+    scheduler must count ``recipe.optimizer_steps_per_epoch(steps_per_epoch)`` steps per epoch."""
 
     def __init__(self, task: Task, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, runtime: Runtime, *, epochs: int,
                  monitor: str, progress: bool, sinks: Iterable[EpochSink] = (), guard: TrainingGuard | None = None,
                  checkpointer: CheckpointSink | None = None, steps_per_epoch: int | None = None,
-                 sync_batchnorm: bool = True):
+                 sync_batchnorm: bool = True, recipe: Recipe | None = None):
         self.task = task
+        self.recipe = recipe or Recipe()
         train_model = wrap_model(task.model, runtime, sync_batchnorm=sync_batchnorm)
+        self.ddp_model = train_model if train_model is not task.model else None
         self.model = torch.compile(train_model) if runtime.compile else train_model
         # Every rank evaluates the full sets itself, without DDP's collectives.
         self.eval_model = self.model if train_model is task.model else (
@@ -151,6 +162,7 @@ class Trainer:
         self.scheduler = scheduler
         self.runtime = runtime
         self.scaler = runtime.grad_scaler()
+        self.grad_norms: GradNormTotals | None = None  # the current epoch's (with gradient clipping)
         self.epochs = epochs
         self.monitor = monitor
         self.progress = progress
@@ -210,16 +222,23 @@ class Trainer:
         }
         # Task-specific extras (e.g. the LLM task's test/perplexity) follow the contract's keys.
         extras = keyed_by_split(evaluated, leave_out=("loss", "acc"))
+        if train.grad_norm is not None:
+            extras[M.GRAD_NORM] = train.grad_norm
         return {**{key: row[key] for key in M.epoch_metric_keys("val" in evaluated)}, **extras}
 
     def train_one_epoch(self, epoch: int, progress: EpochProgress | None = None) -> TrainingPass:
         """The loop syncs with the device only when the guard reads its divergence flag (every
-        ``check_every`` steps); ``totals.read()`` at the end is the epoch's sync, so the timing covers all
-        queued work. ``progress`` continues an epoch that stopped after ``progress.batches`` batches."""
-        if progress is None:
-            progress = EpochProgress(epoch, 0, M.RunningTotals(self.runtime.device),
-                                     self.optimizer.param_groups[0]["lr"], 0.0)
+        ``check_every`` optimizer steps); ``totals.read()`` at the end is the epoch's sync, so the timing covers
+        all queued work. ``progress`` continues an epoch that stopped after ``progress.batches`` batches.
+
+        The guard is asked whether to stop only after an optimizer step: a preemption signal that arrives
+        within an accumulation window lets the window finish (at most ``grad_accum_steps - 1`` more
+        micro-batches), so a checkpoint never holds half-accumulated gradients."""
+        progress = progress or self.epoch_start(epoch)
         assert progress.epoch == epoch, (progress.epoch, epoch)
+        if self.recipe.grad_clip_norm is not None and progress.grad_norms is None:
+            progress.grad_norms = GradNormTotals(self.runtime.device)
+        self.grad_norms = progress.grad_norms
         batches = epoch_batches(self.task.train_loader, epoch, progress.batches, self.steps_per_epoch)
         self.model.train()
         totals, lr, index = progress.totals, progress.lr, progress.batches  # index: batches done
@@ -227,21 +246,51 @@ class Trainer:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}", initial=progress.batches, total=self.steps_per_epoch,
                    leave=False, disable=not self.progress, dynamic_ncols=True)
         for index, batch in enumerate(bar, start=progress.batches + 1):
-            with self.runtime.autocast():
-                loss, correct, count = self.task.training_step(self.model, batch)
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer_step(loss)
+            window = self.recipe.window(index, self.steps_per_epoch)
+            loss, correct, count = self.train_micro_batch(batch, window)
             totals.add(loss, correct, count)
-            self.guard.record(loss, self.scheduler.last_epoch)
+            if not window.ends:
+                continue
+            lr = self.optimizer.param_groups[0]["lr"]   # each window's micro-batches trained at one lr
+            self.optimizer_step(window.scaled(loss))
             if stop := self.guard.poll(self.scheduler.last_epoch):
-                self.stop(stop, EpochProgress(epoch, index, totals, lr, time.perf_counter() - start))
+                self.stop(stop, self.progress_at(epoch, index, totals, lr, start))
         if stop := self.guard.poll(self.scheduler.last_epoch, force=True):
-            self.stop(stop, EpochProgress(epoch, index, totals, lr, time.perf_counter() - start))
+            self.stop(stop, self.progress_at(epoch, index, totals, lr, start))
         seconds = time.perf_counter() - start
-        finished = EpochProgress(epoch, self.steps_per_epoch, totals, lr, seconds)
+        finished = self.progress_at(epoch, self.steps_per_epoch, totals, lr, start)
         measured = reduce_totals(totals, self.runtime).read()
         return TrainingPass(loss=measured["loss"], acc=measured["acc"], lr=lr, seconds=seconds,
-                            samples=totals.count, finished=finished)
+                            samples=totals.count, finished=finished,
+                            grad_norm=None if self.grad_norms is None else self.grad_norms.mean())
+
+    def epoch_start(self, epoch: int) -> EpochProgress:
+        return EpochProgress(epoch, 0, M.RunningTotals(self.runtime.device), self.optimizer.param_groups[0]["lr"],
+                             0.0)
+
+    def progress_at(self, epoch: int, batches: int, totals: M.RunningTotals, lr: float,
+                    start: float) -> EpochProgress:
+        return EpochProgress(epoch, batches, totals, lr, time.perf_counter() - start, self.grad_norms)
+
+    def train_micro_batch(self, batch, window: Window) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Forward ``batch`` and, unless it ends its window (``optimizer_step`` then backpropagates it), its
+        backward. Returns ``training_step``'s (unscaled mean loss, correct, count)."""
+        if window.starts:
+            self.optimizer.zero_grad(set_to_none=True)
+        with self.gradient_sync(window.ends):
+            with self.runtime.autocast():
+                loss, correct, count = self.task.training_step(self.model, batch)
+            self.guard.record(loss, self.scheduler.last_epoch + 1)   # the step this loss counts toward
+            if not window.ends:
+                self.backward(window.scaled(loss))
+        return loss, correct, count
+
+    def gradient_sync(self, sync: bool) -> contextlib.AbstractContextManager:
+        """DDP averages gradients across ranks only at a window's last backward (``no_sync`` before it: the
+        forward and backward must both run inside it)."""
+        if sync or self.ddp_model is None:
+            return contextlib.nullcontext()
+        return self.ddp_model.no_sync()
 
     def stop(self, reason: str, progress: EpochProgress) -> None:
         """Raise ``Diverged`` (saving nothing), or checkpoint at ``progress`` and raise ``Preempted``; a
@@ -253,16 +302,31 @@ class Trainer:
         self.save_checkpoint(self.state)
         raise Preempted(self.guard.signal, self.scheduler.last_epoch)
 
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
     def optimizer_step(self, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        """Backpropagate a window's last micro-batch ``loss`` (already scaled to its share), clip, step the
+        optimizer and the scheduler: one optimizer step."""
+        self.backward(loss)
+        if self.recipe.grad_clip_norm is not None:
+            self.clip_gradients()
         if self.scaler is None:
-            loss.backward()
             self.optimizer.step()
         else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer)   # skips the step if unscale_ found an inf/NaN gradient
             self.scaler.update()
         self.scheduler.step()
+
+    def clip_gradients(self) -> None:
+        """Scale the gradients to a global norm of at most ``grad_clip_norm``, in true units (fp16's loss scale
+        taken out first); records the norm before clipping."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(parameters, self.recipe.grad_clip_norm)
+        if self.grad_norms is not None:
+            self.grad_norms.add(norm)
 
     def evaluate_splits(self) -> dict[str, dict[str, float]]:
         """Every evaluation split (``train_eval``, ``val`` if held out, ``test``): ``{split: {"loss": ...,

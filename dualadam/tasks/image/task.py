@@ -31,6 +31,7 @@ class ImageClassification:
         )
         self.info = data.info
         self.runtime = runtime
+        self.label_smoothing = float(cfg.trainer.get("label_smoothing", 0.0))
         self.model = build_model(cfg.model, data.info).to(runtime.device, memory_format=runtime.memory_format)
         self.train_loader = data.train
         self.eval_loaders = {"train_eval": data.train_eval, **({} if data.val is None else {"val": data.val}),
@@ -42,14 +43,20 @@ class ImageClassification:
         return images, labels.to(self.runtime.device, non_blocking=True)
 
     def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The loss trained on: cross-entropy with ``trainer.label_smoothing``."""
+        return self._step(model, batch, self.label_smoothing)
+
+    def _step(self, model: nn.Module, batch, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor, int]:
         images, labels = self._to_device(batch)
         logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         correct = (logits.argmax(dim=1) == labels).sum()
         return loss, correct, labels.shape[0]
 
     def evaluate(self, model: nn.Module, loader: Iterable) -> dict[str, float]:
+        """Plain cross-entropy whatever ``label_smoothing`` trains with, so every run's evaluation losses
+        (train_eval, val, test) measure the same thing and compare across recipes."""
         totals = RunningTotals(self.runtime.device)
         for batch in loader:
-            totals.add(*self.training_step(model, batch))  # same loss and accuracy, without the backward
+            totals.add(*self._step(model, batch, label_smoothing=0.0))  # the training step without backward
         return totals.read()

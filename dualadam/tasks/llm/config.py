@@ -99,6 +99,10 @@ def validate_llm_config(cfg) -> None:
     validate_model(cfg.model)
     validate_finetune(cfg.get("finetune"))
     validate_dataset(cfg.dataset)
+    smoothing = cfg.trainer.get("label_smoothing", 0.0)
+    _check(not smoothing, "trainer.label_smoothing", smoothing,
+           "0.0 with task=llm_finetune: it trains on the plain token cross-entropy (label smoothing is an "
+           "image_classification option)")
 
 
 def holds_validation_split(cfg) -> bool:
