@@ -6,12 +6,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from dualadam.tasks import validate_config
 from dualadam.tasks.image.data.info import DatasetInfo
 from dualadam.tasks.image.models import build_model
 from dualadam.tasks.image.models.custom import CustomModelError
-from dualadam.training.run import train
+from dualadam.train import train
 from dualadam.training.run_directory import run_name
-from dualadam.training.validation import ConfigError, validate_config
+from dualadam.training.validation import ConfigError
 from tests import custom_models
 from tests.conftest import CONFIG_DIR, FAST_OVERRIDES, SMALL_SYNTHETIC, compose_train_config
 

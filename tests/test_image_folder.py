@@ -11,12 +11,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from dualadam.tasks import validate_config
 from dualadam.tasks.image.data import NORMALIZATIONS, build_image_data
 from dualadam.tasks.image.data.image_folder import STATS_SAMPLE, held_out_test, resolve_image_folder
+from dualadam.train import train
 from dualadam.training.outputs import read_metrics
-from dualadam.training.run import train
 from dualadam.training.run_directory import run_name
-from dualadam.training.validation import ConfigError, validate_config
+from dualadam.training.validation import ConfigError
 from tests.conftest import CONFIG_DIR, compose_train_config
 from tests.runs import without_timings
 

@@ -15,17 +15,17 @@ from omegaconf import open_dict
 from torch import nn
 
 from dualadam.optim import DualAdam
-from dualadam.tasks import build_task
+from dualadam.tasks import build_task, validate_config
+from dualadam.train import train
 from dualadam.training import metrics as M
 from dualadam.training.checkpoint import load_checkpoint
 from dualadam.training.optimizers import inverse_adam_rate
 from dualadam.training.outputs import config_hash, read_metrics
 from dualadam.training.recipe import Recipe
-from dualadam.training.run import train
 from dualadam.training.run_directory import CHECKPOINT_FILE
 from dualadam.training.runtime import Runtime
 from dualadam.training.trainer import Trainer
-from dualadam.training.validation import ConfigError, validate_config
+from dualadam.training.validation import ConfigError
 from tests.conftest import compose_train_config
 from tests.runs import assert_same_run, one_thread  # noqa: F401  (one_thread: a fixture)
 from tests.test_resume import RESUME_OVERRIDES, signal_self_after_step

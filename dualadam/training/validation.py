@@ -213,13 +213,13 @@ def check_trainer(trainer: DictConfig) -> None:
 def check_recipe(trainer: DictConfig) -> None:
     """The recipe options (``dualadam.training.recipe``); a missing key means the option is off."""
     clip = trainer.get("grad_clip_norm")
-    check(clip is None or (_is_number(clip) and clip > 0), "trainer.grad_clip_norm", clip,
+    check(clip is None or (is_number(clip) and clip > 0), "trainer.grad_clip_norm", clip,
           "null (no clipping) or the largest global gradient norm, a number > 0 (e.g. 1.0)")
     accum = trainer.get("grad_accum_steps", 1)
-    check(_is_int(accum) and accum >= 1, "trainer.grad_accum_steps", accum,
+    check(is_int(accum) and accum >= 1, "trainer.grad_accum_steps", accum,
           "an integer number of micro-batches per optimizer step >= 1 (1: no accumulation)")
     smoothing = trainer.get("label_smoothing", 0.0)
-    check(_is_number(smoothing) and 0 <= smoothing < 1, "trainer.label_smoothing", smoothing,
+    check(is_number(smoothing) and 0 <= smoothing < 1, "trainer.label_smoothing", smoothing,
           "a number in [0, 1) (0.0: plain cross-entropy)")
 
 
