@@ -137,6 +137,8 @@ def estimated_seconds(stages, costs: UnitCosts) -> float:
 
 
 def _minutes(seconds: float) -> str:
+    if seconds >= 600:
+        return f"{seconds / 60:.0f} min"
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
