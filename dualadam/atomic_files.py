@@ -1,5 +1,5 @@
 """Files that are either completely written or not there at all (checkpoints, summaries, run records,
-decoded-pixel caches): the one place a file is written atomically.
+decoded-pixel caches): the one place a file is written atomically, and the one place JSON is made strict.
 
 Write to a uniquely named temporary file in the same folder, flush and fsync it, then rename it over the
 target: ``os.replace`` is atomic on POSIX, so a crash mid-write leaves the previous file (or none), never a
@@ -8,6 +8,8 @@ half-written one, and concurrent writers never share a temporary file.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import uuid
@@ -37,6 +39,29 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """``atomic_write`` for a text file (UTF-8)."""
     atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def json_safe(value):
+    """``value`` with every NaN and infinity replaced by None (JSON ``null``): JSON has no NaN, and a file
+    holding a bare ``NaN`` is rejected by strict parsers (JavaScript, jq, most other languages)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def strict_json(value, **dumps_options) -> str:
+    """``json.dumps`` of :func:`json_safe` ``(value)`` with ``allow_nan=False``: what every JSON the suite
+    writes goes through, so a non-finite number that slips past the cleaning raises instead of writing NaN."""
+    return json.dumps(json_safe(value), allow_nan=False, **dumps_options)
+
+
+def atomic_write_json(path: Path, value, *, indent: int | None = 2, sort_keys: bool = False) -> None:
+    """``value`` as strict JSON (NaN and infinities as null) plus a newline, written atomically."""
+    atomic_write_text(path, strict_json(value, indent=indent, sort_keys=sort_keys) + "\n")
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from dualadam import DualAdam
+from dualadam.atomic_files import strict_json
 from dualadam.reporting.bench_context import bench_context, describe, load_average, publish
 
 BLOCK = "bench-optim"
@@ -226,11 +227,11 @@ def worker(args) -> None:
     random.seed(0)
     device, case = torch.device(args.device), CASES[args.case]
     if args.worker == "compile":
-        print(json.dumps({"compile": cold_compile(case, args.quick, device)}), flush=True)
+        print(strict_json({"compile": cold_compile(case, args.quick, device)}), flush=True)
         return
     for key in run_order(args.measure):
         result = steady_state(case, MEASUREMENTS[key], args.quick, device, args.rounds, args.steps)
-        print(json.dumps({"measurement": key, **result}), flush=True)
+        print(strict_json({"measurement": key, **result}), flush=True)
 
 # ----------------------------------------------------------------------------------------- the parent
 

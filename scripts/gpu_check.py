@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from dualadam.atomic_files import atomic_write_text
+from dualadam.atomic_files import atomic_write_json, strict_json
 from dualadam.reporting.bench_context import bench_context, describe, load_average, publish
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,7 +250,7 @@ def train_in_process(args) -> dict:
 
     partial = {"data": data, "model": cfg.model.name, "optimizer": cfg.optimizer.name,
                "precision": runtime.precision, "channels_last": runtime.channels_last, "suite": suite}
-    print(json.dumps({**partial, "authors": None}), flush=True)  # kept if the time limit stops (a)
+    print(strict_json({**partial, "authors": None}), flush=True)  # kept if the time limit stops (a)
 
     info = trainer.task.info
     model = build_model(cfg.model, info).to(runtime.device, memory_format=runtime.memory_format).train()
@@ -362,7 +362,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.stage:  # inside a stage's own process: print its result as the last JSON line
         result = golden_in_process(args.device) if args.stage == "golden" else train_in_process(args)
-        print(json.dumps(result), flush=True)
+        print(strict_json(result), flush=True)
         return
     results = {"command": " ".join(["python", "scripts/gpu_check.py", *(sys.argv[1:] if argv is None else argv)]),
                "mode": "quick sizes" if args.quick else "full size", "context": bench_context(args.device),
@@ -372,7 +372,7 @@ def main(argv=None) -> None:
         print(f"  {name} ...", flush=True)
         results["stages"][name] = STAGES[name](args)
         results["context"]["load_end"] = load_average()
-        atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")   # what is done survives a later stage
+        atomic_write_json(args.out, results, indent=1)   # what is done survives a later stage
     publish(results, BLOCK, render(results), args.out, args.readme)
 
 

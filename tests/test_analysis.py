@@ -202,6 +202,48 @@ def test_plot_writers_write_pngs(tmp_path):
     assert len(written["losses_1d"]) == 5 and len(written["surface"]) == 3
 
 
+def test_line_plot_names_the_runs_below_the_axes_not_over_the_title():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from dualadam.analysis.plots import loss_along_line_figure
+
+    long_names = ("resnet18_cifar-adam-lr0.001-seed1-3f9a2c1d", "resnet18_cifar-dualadam-lr0.001-seed1-8b7e6d5c")
+    fig = loss_along_line_figure([-0.25, 0.0, 0.5, 1.0, 1.25], [2.0, 0.1, 0.8, 0.2, 2.5], labels=long_names)
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    title = ax.title.get_window_extent(renderer)
+    legend = ax.get_legend()
+    texts = [text.get_text() for text in legend.get_texts()]
+    assert any(long_names[0] in text for text in texts) and any(long_names[1] in text for text in texts)
+    others = [legend.get_window_extent(renderer), ax.xaxis.label.get_window_extent(renderer),
+              *(text.get_window_extent(renderer) for text in ax.texts)]
+    assert title.width > 0 and not any(title.overlaps(box) for box in others)
+    assert legend.get_window_extent(renderer).y1 < ax.get_window_extent(renderer).y0   # below the axes
+
+
+@pytest.mark.filterwarnings("ignore:Lanczos did not reach")
+def test_measurements_report_one_tick_per_unit_of_work(tmp_path):
+    model, loss_fn, batches = small_cnn(), supervised_loss(F.cross_entropy), image_batches(count=1)
+    stages = []
+
+    def stage(description, total):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def counting():
+            ticks = []
+            yield lambda: ticks.append(1)
+            stages.append((description, total, len(ticks)))
+        return counting()
+
+    measure_sharpness(model, loss_fn, batches, eig_iters=3, eig_tol=0.0, trace_samples=4, stage=stage)
+    write_landscape_plots(model, loss_fn, batches, tmp_path, points_1d=5, points_2d=3, stage=stage)
+    assert [(total, ticks) for _, total, ticks in stages] == [(3, 3), (4, 4), (5, 5), (9, 9)]
+    assert ["Lanczos" in stages[0][0], "Hutchinson" in stages[1][0], "1-D" in stages[2][0],
+            "2-D" in stages[3][0]] == [True] * 4
+
+
 def test_seeded_batches_are_fixed_disjoint_and_checked():
     dataset = TensorDataset(torch.arange(20).float()[:, None], torch.arange(20))
     batches = seeded_batches(dataset, num_batches=3, batch_size=4, seed=7)

@@ -1,5 +1,8 @@
 """The escape simulator against theory: landscape, noise model, per-particle optimizer state, censored escape
-times, Kramers' rate for SGD, determinism, and the tiny study end to end through its command line."""
+times, Kramers' rate for SGD, determinism, and the tiny study end to end through its command line.
+
+The study is research code in experiments/escape/ (not in the installed package): its modules are imported
+from that folder, as its run script imports them."""
 
 from __future__ import annotations
 
@@ -7,24 +10,22 @@ import dataclasses
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dualadam.analysis.escape.landscape import DoubleWell, barrier_direction
-from dualadam.analysis.escape.simulate import ESCAPE_OPTIMIZERS, escape_optimizer
-from dualadam.analysis.escape.study import (
-    EscapeStudyConfig,
-    KramersCheckConfig,
-    kramers_check,
-    run_escape_study,
-)
-from dualadam.analysis.escape.survival import estimate_escape_time, mean_escape_steps
-from dualadam.analysis.escape.theory import double_well_kramers_steps, double_well_mfpt_steps
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "escape"))
 
-REPO = Path(__file__).resolve().parents[1]
+from landscape import DoubleWell, barrier_direction
+from simulate import ESCAPE_OPTIMIZERS, escape_optimizer
+from study import EscapeStudyConfig, KramersCheckConfig, kramers_check, run_escape_study
+from survival import estimate_escape_time, mean_escape_steps
+from theory import double_well_kramers_steps, double_well_mfpt_steps
+
+ESCAPE_DIR = Path(__file__).resolve().parents[1] / "experiments" / "escape"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -134,7 +135,7 @@ def test_tiny_study_is_deterministic_for_a_seed():
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("escape_run", REPO / "experiments" / "escape" / "run.py")
+    spec = importlib.util.spec_from_file_location("escape_run", ESCAPE_DIR / "run.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

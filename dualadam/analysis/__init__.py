@@ -1,9 +1,9 @@
-"""Why it generalizes, measured: flatness of a solution and the diffusion-theory escape experiment.
+"""Why it generalizes, measured: the flatness of a solution (the escape experiment is research code in
+``experiments/escape/``, not part of the package).
 
 - :mod:`~dualadam.analysis.hessian`: top Hessian eigenvalue (Lanczos) and trace (Hutchinson) of the loss.
 - :mod:`~dualadam.analysis.directions`, :mod:`~dualadam.analysis.landscape`, :mod:`~dualadam.analysis.plots`:
   filter-normalized slices around a solution and the loss between two solutions, as PNGs.
-- :mod:`~dualadam.analysis.escape`: particles escaping a double well under SGD, Adam, InvAdam and DualAdam.
 """
 
 from dualadam.analysis.directions import filter_normalized_direction, filter_norms

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dualadam.analysis.evaluation import LossFn, check_batches, eval_mode, trainable_parameters
+from dualadam.analysis.progress import Stage, Tick, no_stage, tick_of
 
 TOP_EIGENVALUE = "sharpness/hessian_top_eig"
 TRACE = "sharpness/hessian_trace"
@@ -65,12 +66,13 @@ class TopEigenpair:
     iterations: int
 
 
-def lanczos_top_eigenvalue(matvec, start: Tensor, *, iters: int, tol: float) -> TopEigenpair:
+def lanczos_top_eigenvalue(matvec, start: Tensor, *, iters: int, tol: float,
+                           progress: Tick | None = None) -> TopEigenpair:
     """Largest eigenvalue of a symmetric operator by Lanczos with full reorthogonalization.
 
     Stops when the Ritz residual is at most ``tol * |eigenvalue|`` (then some eigenvalue lies within that
     distance), when the Krylov space becomes invariant or fills the whole space, or after ``iters`` products. Keeps ``iters + 1``
-    vectors of ``start``'s size in memory.
+    vectors of ``start``'s size in memory. ``progress()`` is called after each product.
     """
     iters = min(iters, start.numel())  # the Krylov space cannot outgrow the space itself
     basis = start.new_zeros(iters + 1, start.numel())
@@ -79,6 +81,7 @@ def lanczos_top_eigenvalue(matvec, start: Tensor, *, iters: int, tol: float) -> 
     betas: list[float] = []
     for j in range(iters):
         w = matvec(basis[j])
+        tick_of(progress)()
         alphas.append(float(w @ basis[j]))
         for _ in range(2):  # twice is enough to keep the basis orthogonal in floating point
             w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
@@ -102,12 +105,12 @@ def _tridiagonal(alphas: list[float], betas: list[float]) -> Tensor:
 
 
 def hessian_top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence, *, iters: int = 20,
-                           tol: float = 1e-3, seed: int = 0) -> float:
+                           tol: float = 1e-3, seed: int = 0, progress: Tick | None = None) -> float:
     """Largest (algebraic, not absolute) eigenvalue of the loss Hessian, by Lanczos from a ``seed``-ed start.
 
     ``tol`` is relative: the result is within about ``tol * |value|`` of an eigenvalue when it converges, and a
     warning names the residual when ``iters`` Hessian-vector products (each a pass over ``batches``) are not
-    enough.
+    enough. ``progress()`` is called after each product.
     """
     if iters < 1:
         raise ValueError(f"iters={iters}: Lanczos needs at least one Hessian-vector product")
@@ -116,7 +119,7 @@ def hessian_top_eigenvalue(model: nn.Module, loss_fn: LossFn, batches: Sequence,
         size = sum(p.numel() for p in params)
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(size, generator=generator, dtype=params[0].dtype).to(params[0].device)
-        result = lanczos_top_eigenvalue(matvec, start, iters=iters, tol=tol)
+        result = lanczos_top_eigenvalue(matvec, start, iters=iters, tol=tol, progress=progress)
     if result.residual > tol * abs(result.eigenvalue) and result.iterations == iters:
         warnings.warn(f"Lanczos did not reach tol={tol} in iters={iters}: top eigenvalue {result.eigenvalue:.6g} "
                       f"has residual {result.residual:.3g}; raise iters for a tighter value", RuntimeWarning,
@@ -129,11 +132,12 @@ def _rademacher_like(params: Sequence[Tensor], generator: torch.Generator) -> li
 
 
 def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Sequence, *, samples: int = 50,
-                  seed: int = 0) -> tuple[float, float]:
+                  seed: int = 0, progress: Tick | None = None) -> tuple[float, float]:
     """Hutchinson's estimate of ``tr H`` with Rademacher probes, and its standard error.
 
     Each probe ``v`` (entries +-1, drawn from ``seed``) gives the unbiased sample ``v . H v``; the estimate is
     their mean and the standard error their sample standard deviation over ``sqrt(samples)``.
+    ``progress()`` is called after each probe.
     """
     if samples < 2:
         raise ValueError(f"samples={samples}: a standard error needs at least 2 Rademacher probes")
@@ -145,17 +149,22 @@ def hessian_trace(model: nn.Module, loss_fn: LossFn, batches: Sequence, *, sampl
             probe = _rademacher_like(params, generator)
             product = hessian_vector_product(model, loss_fn, batches, probe)
             values.append(sum(float((v * hv).sum(dtype=torch.float64)) for v, hv in zip(probe, product)))
+            tick_of(progress)()
     values_t = torch.tensor(values, dtype=torch.float64)
     return float(values_t.mean()), float(values_t.std()) / math.sqrt(samples)
 
 
 def measure_sharpness(model: nn.Module, loss_fn: LossFn, batches: Sequence, *, eig_iters: int = 20,
-                      eig_tol: float = 1e-3, trace_samples: int = 50, seed: int = 0) -> dict[str, float]:
+                      eig_tol: float = 1e-3, trace_samples: int = 50, seed: int = 0,
+                      stage: Stage = no_stage) -> dict[str, float]:
     """The flatness metrics a run records, under the keys in ``SHARPNESS_KEYS``.
 
     Cost: up to ``eig_iters + trace_samples`` Hessian-vector products, each a forward and a double backward
-    over every batch.
+    over every batch. ``stage`` reports the two stages' progress (see :mod:`dualadam.analysis.progress`).
     """
-    top = hessian_top_eigenvalue(model, loss_fn, batches, iters=eig_iters, tol=eig_tol, seed=seed)
-    trace, stderr = hessian_trace(model, loss_fn, batches, samples=trace_samples, seed=seed)
+    with stage("top Hessian eigenvalue (Lanczos iterations)", eig_iters) as tick:
+        top = hessian_top_eigenvalue(model, loss_fn, batches, iters=eig_iters, tol=eig_tol, seed=seed,
+                                     progress=tick)
+    with stage("Hessian trace (Hutchinson probes)", trace_samples) as tick:
+        trace, stderr = hessian_trace(model, loss_fn, batches, samples=trace_samples, seed=seed, progress=tick)
     return {TOP_EIGENVALUE: top, TRACE: trace, TRACE_STDERR: stderr}

@@ -5,14 +5,13 @@ when what it records changed."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 
-from dualadam.atomic_files import atomic_write
+from dualadam.atomic_files import atomic_write, strict_json
 from dualadam.compare.jobs import Job, Stage
 from dualadam.compare.search import Tuning
 from dualadam.compare.search_space import Parameter, check_fits_run, load_search_space, training_values
@@ -143,7 +142,7 @@ def run_protocol(protocol: Protocol, launch: Launch) -> dict:
     summaries = confirm.run([job for jobs in confirmations.values() for job in jobs])
     record = protocol_record(protocol, launch, tuning, confirm, confirmations, summaries)
     # protocol.json is written last: a launch killed while the tables were written makes them again.
-    path, text = protocol.results / PROTOCOL_FILE, json.dumps(record, indent=2) + "\n"
+    path, text = protocol.results / PROTOCOL_FILE, strict_json(record, indent=2) + "\n"
     if path.is_file() and path.read_text() == text:
         log.info("report: %s unchanged; tables left as they are", path)
         return record

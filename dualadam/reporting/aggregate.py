@@ -20,6 +20,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from dualadam.atomic_files import strict_json
 from dualadam.reporting.results_csv import optimizer_rank
 from dualadam.reporting.run_records import COMPLETED, comparable_setting, is_finite_number
 from dualadam.training.metrics import GAP_ACC, TEST_ACC, TRAIN_EVAL_ACC
@@ -103,7 +104,7 @@ def _setting(row: dict) -> dict:
 
 def experiment_key(row: dict) -> tuple:
     """What makes two runs the same experiment: optimizer, setting and seed."""
-    return row["optimizer"], json.dumps(_setting(row), sort_keys=True), row.get("seed")
+    return row["optimizer"], strict_json(_setting(row), sort_keys=True), row.get("seed")
 
 
 def grouping_keys(rows: list[dict]) -> list[str]:
@@ -111,7 +112,7 @@ def grouping_keys(rows: list[dict]) -> list[str]:
     seen: dict[tuple[str, str], set[str]] = defaultdict(set)
     for row in rows:
         for key, value in _setting(row).items():
-            seen[(row["optimizer"], key)].add(json.dumps(value))
+            seen[(row["optimizer"], key)].add(strict_json(value))
     varying = {key for (_, key), values in seen.items() if len(values) > 1}
     return sorted(varying, key=lambda k: (k != "optimizer.lr", k))
 

@@ -7,7 +7,6 @@ figures and open their README block with ``describe(context)``, so a reader can 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 from pathlib import Path
@@ -50,11 +49,11 @@ def describe(context: dict) -> str:
 def publish(results: dict, name: str, text: str, json_path: Path, readme: Path | None) -> None:
     """Print ``text`` (the rendered block), write ``results`` to ``json_path`` atomically and, with ``readme``,
     rewrite its ``<!-- name:begin/end -->`` block with ``text``: one way out for every benchmark's figures."""
-    from dualadam.atomic_files import atomic_write_text
+    from dualadam.atomic_files import atomic_write_json
     from dualadam.reporting.readme_blocks import rewrite_block
 
     print("\n" + text)
-    atomic_write_text(Path(json_path), json.dumps(results, indent=1) + "\n")
+    atomic_write_json(Path(json_path), results, indent=1)
     if readme is not None:
         rewrite_block(readme, name, text)
         print(f"rewrote the {name} block of {readme}")

@@ -9,10 +9,10 @@ round-trip repr, so the same runs always give the same bytes.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
+from dualadam.atomic_files import strict_json
 from dualadam.reporting.run_records import RunRecord
 from dualadam.training.metrics import EPOCH, EPOCH_METRIC_KEYS
 
@@ -71,7 +71,7 @@ def run_row(record: RunRecord) -> dict[str, str]:
         "status": record.status, "epochs_completed": record.epochs_completed, "epochs": record.epochs,
         "monitor": record.monitor, "config_hash": record.config_hash, "commit": record.commit,
         "dirty": record.dirty, "source": record.source, "run": record.run, "wandb_run_id": record.wandb_run_id,
-        "setting": json.dumps(record.setting, sort_keys=True, separators=(",", ":")),
+        "setting": strict_json(record.setting, sort_keys=True, separators=(",", ":")),
     }
     row.update({f"final/{k}": v for k, v in record.final.items() if k != EPOCH})
     row.update({f"best/{k}": v for k, v in record.best.items()})

@@ -7,11 +7,11 @@ it completed with a non-finite final loss. Only ``completed`` runs are averaged;
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 
+from dualadam.atomic_files import strict_json
 from dualadam.training.metrics import EPOCH, TEST_LOSS, TRAIN_EVAL_LOSS, TRAIN_LOSS
 from dualadam.training.optimizers import optimizer_label as label_of_optimizer_config
 from dualadam.training.outputs import ADDED_KEY_DEFAULTS, IDENTITY_EXCLUDED_KEYS
@@ -63,7 +63,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
         if isinstance(value, dict):
             flat.update(flatten(value, f"{dotted}."))
         else:
-            flat[dotted] = json.dumps(value) if isinstance(value, list | tuple) else value
+            flat[dotted] = strict_json(value) if isinstance(value, list | tuple) else value
     return flat
 
 

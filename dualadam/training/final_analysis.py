@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from dualadam.analysis import measure_sharpness
+from dualadam.analysis.progress import Stage, no_stage
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,13 @@ def task_loss(task):
     return loss_fn
 
 
-def final_sharpness(task, analysis: DictConfig) -> dict[str, float]:
-    """``sharpness/hessian_top_eig``, ``sharpness/hessian_trace`` and its standard error for ``task.model``."""
+def final_sharpness(task, analysis: DictConfig, stage: Stage = no_stage) -> dict[str, float]:
+    """``sharpness/hessian_top_eig``, ``sharpness/hessian_trace`` and its standard error for ``task.model``
+    (``stage`` reports the progress of its two stages: :mod:`dualadam.analysis.progress`)."""
     batches = measurement_batches(task, analysis.batches)
     model = task.model.float()
     loss_fn = task_loss(task)
     log.info("Measuring sharpness on %d train-eval batches (%d Lanczos iterations, %d Hutchinson probes)",
              len(batches), analysis.eig_iters, analysis.trace_samples)
     return measure_sharpness(model, loss_fn, batches, eig_iters=analysis.eig_iters,
-                             trace_samples=analysis.trace_samples, seed=analysis.seed)
+                             trace_samples=analysis.trace_samples, seed=analysis.seed, stage=stage)

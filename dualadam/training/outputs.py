@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 import platform
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dualadam.atomic_files import append_line_durably, atomic_write_text
+from dualadam.atomic_files import append_line_durably, atomic_write_json, atomic_write_text, strict_json
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -154,17 +153,6 @@ def hardware(device: torch.device) -> dict[str, object]:
             "platform": platform.platform()}
 
 
-def _json_safe(value):
-    """JSON has no NaN/inf; write them as null so every reader can parse the file."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 class RunOutputs:
     """The run directory's files. ``log_epoch`` appends one line per epoch and fsyncs it, so a crash keeps
     every finished epoch, and a checkpoint written after it never runs ahead of the metrics on disk."""
@@ -182,7 +170,7 @@ class RunOutputs:
 
     def write_summary(self, summary: dict) -> Path:
         path = self.run_dir / SUMMARY_FILE
-        atomic_write_text(path, json.dumps(_json_safe(summary), indent=2) + "\n")  # never half a summary
+        atomic_write_json(path, summary)  # never half a summary
         return path
 
     def write_error(self) -> Path:
@@ -218,7 +206,7 @@ def write_run_config(run_dir: str | Path, record: dict) -> bool:
     path = Path(run_dir) / CONFIG_FILE
     if path.is_file() and read_run_config(run_dir) is not None:
         return False
-    atomic_write_text(path, json.dumps(_json_safe(record), indent=2, sort_keys=True) + "\n")
+    atomic_write_json(path, record, sort_keys=True)
     return True
 
 
@@ -234,7 +222,7 @@ def read_run_config(run_dir: str | Path) -> dict | None:
 
 def metrics_line(record: dict) -> str:
     """A metrics row as its line of ``metrics.jsonl`` (without the newline)."""
-    return json.dumps(_json_safe(record))
+    return strict_json(record)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -263,8 +251,3 @@ def read_metrics_lines(run_dir: str | Path) -> tuple[list[dict], int]:
         else:
             damaged += 1
     return rows, damaged
-
-
-def json_safe(value):
-    """``value`` as ``summary.json`` and ``metrics.jsonl`` hold it (non-finite floats as null)."""
-    return _json_safe(value)

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from dualadam.atomic_files import json_safe
 from dualadam.training import metrics as M
 from dualadam.training.checkpoint import restore_rng_states, rng_states, save_checkpoint
 from dualadam.training.distributed import gather_objects, is_main_process
-from dualadam.training.outputs import config_hash, identity_config, json_safe
+from dualadam.training.outputs import config_hash, identity_config
 from dualadam.training.runtime import Runtime
 from dualadam.training.task import model_checkpoint_state, restore_model_checkpoint_state
 from dualadam.training.trainer import EpochProgress, Trainer, TrainState

@@ -21,9 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualadam.analysis.escape.report import render_reading, render_summary, write_escape_results
-from dualadam.analysis.escape.study import EscapeStudyConfig, run_escape_study
 from dualadam.reporting.readme_blocks import rewrite_block
+
+# The study's modules (landscape, simulate, theory, survival, study, report) sit next to this script:
+# experiments/ is research code, not part of the installed package. Python puts a script's own folder on
+# sys.path; this line does the same when the file is loaded another way (the tests load it by path).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from report import render_reading, render_summary, write_escape_results
+from study import EscapeStudyConfig, run_escape_study
 
 REPO = Path(__file__).resolve().parents[2]
 

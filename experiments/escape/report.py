@@ -8,31 +8,20 @@ rewrites the prose with the numbers.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from study import EscapeStudyResult
 
-from dualadam.analysis.escape.study import EscapeStudyResult
+from dualadam.atomic_files import atomic_write_json
 
 LABELS = {"sgd": "SGD", "adam": "Adam", "invadam": "InvAdam", "dualadam": "DualAdam"}
 COLORS = {"sgd": "tab:blue", "adam": "tab:orange", "invadam": "tab:green", "dualadam": "tab:red"}
 CSV_COLUMNS = ("dim", "optimizer", "flatness", "curvature", "lr", "particles", "escapes", "fraction_escaped",
                "exposure", "mean_steps", "ci_low", "ci_high", "lower_bound_95", "used_in_fit",
                "predicted_barrier_over_temperature", "predicted_mean_steps")
-
-
-def _json_ready(value):
-    """inf and nan become null (an escape time without escapes is unbounded; the row's ``escapes`` says so)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    return value
 
 
 def write_escape_results(result: EscapeStudyResult, out_dir: str | Path, *, provenance: dict | None = None) -> dict:
@@ -46,7 +35,8 @@ def write_escape_results(result: EscapeStudyResult, out_dir: str | Path, *, prov
     paths = {"summary": out / "summary.json", "csv": out / "escape_times.csv",
              "raw": out / "first_passage_steps.npz", "plot": out / "escape_times.png",
              "kramers_plot": out / "kramers_check.png", "reading": out / "reading.md"}
-    paths["summary"].write_text(json.dumps(_json_ready(summary), indent=2) + "\n")
+    # inf and nan become null (an escape time without escapes is unbounded; the row's ``escapes`` says so)
+    atomic_write_json(paths["summary"], summary)
     with paths["csv"].open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from landscape import DoubleWell
 from torch import Tensor
 from torch.optim import Optimizer
 
-from dualadam.analysis.escape.landscape import DoubleWell
 from dualadam.optim import PAPER_SWITCH_RATE, DualAdam, InvAdam
 
 

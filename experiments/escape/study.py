@@ -17,22 +17,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-from dualadam.analysis.escape.landscape import BARRIER_DIRECTIONS, DoubleWell
-from dualadam.analysis.escape.simulate import (
+from landscape import BARRIER_DIRECTIONS, DoubleWell
+from simulate import (
     ESCAPE_OPTIMIZERS,
     FirstPassage,
     escape_optimizer,
     simulate_escape,
 )
-from dualadam.analysis.escape.survival import estimate_escape_time, fit_log_escape_time
-from dualadam.analysis.escape.theory import (
+from survival import estimate_escape_time, fit_log_escape_time
+from theory import (
     double_well_kramers_steps,
     double_well_mfpt_steps,
     effective_temperature,
     matched_learning_rate,
     mobility,
 )
+
 from dualadam.optim import PAPER_SWITCH_RATE
 
 
