@@ -34,16 +34,16 @@ CURVES = {
 }
 
 
-def rows(curves=CURVES, lr=None, metric="val/acc", extra_runs=()):
+def rows(curves=CURVES, lr=None, metric="val/acc", extra_runs=(), study=STUDY):
     runs, epochs = [], []
     for optimizer, seeds in curves.items():
         for seed, values in seeds.items():
-            run = f"{STUDY}/{optimizer}-seed{seed}"
-            runs.append({"study": STUDY, "optimizer": optimizer, "lr": (lr or {}).get(optimizer, 1e-3),
+            run = f"{study}/{optimizer}-seed{seed}"
+            runs.append({"study": study, "optimizer": optimizer, "lr": (lr or {}).get(optimizer, 1e-3),
                          "seed": seed, "status": "completed", "epochs_completed": 4, "epochs": 4,
                          "monitor": metric, f"final/{metric}": values[-1], "final/test/acc": values[-1] - 1,
                          "commit": "abc", "dirty": False, "run": run, "setting": "{}"})
-            epochs += [{"study": STUDY, "optimizer": optimizer, "seed": seed, "run": run, "epoch": e + 1,
+            epochs += [{"study": study, "optimizer": optimizer, "seed": seed, "run": run, "epoch": e + 1,
                         metric: v, "test/acc": v - 1, "optim/steps": (e + 1) * STEPS_PER_EPOCH}
                        for e, v in enumerate(values)]
     return [*runs, *extra_runs], epochs

@@ -18,7 +18,7 @@ from dualadam.reporting.render import format_setting_value, optimizer_name
 from dualadam.reporting.run_records import is_finite_number
 from dualadam.training.metrics import VAL_ACC, VAL_LOSS
 
-PROTOCOL_FILE = "protocol.json"   # written by dualadam.compare.protocol (the same name)
+PROTOCOL_FILE = "protocol.json"   # written by dualadam.compare.protocol, next to the study's tables
 
 
 @dataclass(frozen=True)
