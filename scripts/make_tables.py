@@ -6,37 +6,47 @@
     python scripts/make_tables.py --committed --readme README.md   # the repository's results/ and README
     python scripts/make_tables.py --committed --no-collect         # only rebuild tables from results/*/runs.csv
     python scripts/make_tables.py --reference adamw                # pair every optimizer with AdamW, not Adam
+    python scripts/make_tables.py --target-metric val/acc --target 60   # steps to reach val/acc >= 60
 
 A study is the ``logger.group`` a run was launched with (each ``configs/experiment/<study>.yaml`` sets it to
 ``<study>``), else its ``experiment=`` choice; its files go to ``outputs/results/<study>/``, and to the
 repository's committed ``results/<study>/`` only when asked (``--committed``, as the committed studies' make
 targets do, or ``--results <folder>``). README blocks are rewritten only with ``--committed`` or ``--readme``. Runs are merged into the
 study's CSVs (a run found again replaces its rows); then every study with a ``runs.csv`` gets ``table.md``,
-``table.tex``, ``test_acc.png``, ``gap_acc.png``, ``seeds.png``, ``schedules.png`` and ``README.md``, and
+``table.tex``, ``test_acc.png``, ``gap_acc.png``, ``seeds.png``, ``schedules.png``, ``steps_to_target.png`` and
+``README.md``, and
 every ``<!-- results:<study>:begin/end -->`` block of the ``--readme`` files is rewritten. Each table ends with
 seed-paired comparisons against the reference (and DualAdam against the matched-warmup control) and their
-verdict lines (docs/statistics.md). The same CSVs always give the same bytes.
+verdict lines (docs/statistics.md), then the steps each run took to reach a target (by default the lowest of
+the reference's median final val/acc, or test/acc without a validation split). Each study is labelled with its
+protocol: tuned (a ``protocol.json`` from ``python -m dualadam.compare`` beside it) or the paper protocol.
+The same CSVs always give the same bytes. Across studies: ``scripts/performance_profile.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from dualadam.reporting.local_runs import collect_local_runs
+from dualadam.reporting.protocols import tuned_protocol
 from dualadam.reporting.report import fill_readme, load_study, write_study_report
 from dualadam.reporting.results_csv import RUNS_FILE, merge_study
 from dualadam.reporting.run_records import study_folder_name
 from dualadam.reporting.statistics import ComparisonPlan
+from dualadam.reporting.targets import TargetSpec
 from dualadam.reporting.wandb_runs import fetch_wandb_runs
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOTS = ("outputs", "multirun", "results/runs")
 COMMITTED_RESULTS, OUTPUT_RESULTS = Path("results"), Path("outputs/results")
+TARGET_METRICS = ("val/acc", "test/acc", "train_eval/acc", "val/loss", "test/loss", "train_eval/loss")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -56,10 +66,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-collect", action="store_true", help="skip the search; rebuild from the CSVs")
     parser.add_argument("--reference", default=ComparisonPlan.reference,
                         help="the optimizer label every other is paired with (default: %(default)s)")
+    parser.add_argument("--target-metric", default=None, choices=TARGET_METRICS,
+                        help="the metric of the steps-to-target table and plot (default: val/acc where the "
+                             "study has a validation split, else test/acc)")
+    parser.add_argument("--target", type=float, default=None,
+                        help="the target value (default: the reference optimizer's median final value)")
+    parser.add_argument("--protocol-json", type=Path, default=None,
+                        help="the protocol record of the --study reported (python -m dualadam.compare passes "
+                             "it; otherwise a study's own <results>/<study>/protocol.json is read)")
     parser.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (needs network)")
     parser.add_argument("--wandb-project", default="dualadam")
     parser.add_argument("--wandb-entity", default=None)
     args = parser.parse_args(argv)
+    if args.protocol_json is not None and (args.study is None or len(args.study) != 1):
+        parser.error(f"--protocol-json {args.protocol_json}: it is one study's record; name that study with "
+                     "exactly one --study")
+    if args.protocol_json is not None and not args.protocol_json.is_file():
+        parser.error(f"--protocol-json {args.protocol_json}: no such file; pass the protocol.json that "
+                     "python -m dualadam.compare wrote")
     if args.results is None:
         args.results = COMMITTED_RESULTS if args.committed else OUTPUT_RESULTS
     return args
@@ -99,8 +123,11 @@ def check_reference(reference: str, studies: list) -> None:
 
 def report(args: argparse.Namespace) -> None:
     studies, plan = {}, ComparisonPlan(reference=args.reference)
+    target = TargetSpec(args.target_metric, args.target)
     for runs_csv in sorted(args.results.glob(f"*/{RUNS_FILE}")):
-        study = load_study(runs_csv.parent)
+        study = replace(load_study(runs_csv.parent), target=target)
+        if args.protocol_json is not None and study.name in args.study:
+            study = replace(study, protocol=tuned_protocol(json.loads(args.protocol_json.read_text())))
         studies[runs_csv.parent.name] = study   # every study, for the README blocks
     check_reference(args.reference, [s for s in studies.values() if args.study is None or s.name in args.study])
     for study in studies.values():
@@ -110,6 +137,7 @@ def report(args: argparse.Namespace) -> None:
         table = study.table
         print(f"[tables] {study.name}: {len(table.rows)} runs, {len(table.rows) - len(table.excluded)} averaged, "
               f"{len(table.excluded)} not averaged -> {study.folder}/")
+        print(f"[tables] {study.name}: protocol: {study.protocol.short}")
         if args.print:
             print((study.folder / "table.md").read_text())
     if not studies:

@@ -175,7 +175,9 @@ def test_compare_tunes_selects_confirms_and_reports_then_a_relaunch_does_nothing
         rows = list(csv.DictReader(f))
     assert sorted((r["optimizer"], int(r["seed"])) for r in rows) == [
         (name, seed) for name in ("adam", "dualadam") for seed in (1, 2, 3, 4, 5)]
-    assert (results / "table.md").is_file()
+    table = (results / "table.md").read_text()   # labelled as tuned, and with the steps to the val target
+    assert "**Protocol: tuned: 2 trials/optimizer on a validation split (val/acc), 5 confirming seeds.**" in table
+    assert "**Steps to reach the target** `val/acc`" in table
     assert "](sensitivity.png)" in (results / "README.md").read_text()   # drawn from the trials, then linked
     assert (results / "sensitivity.png").read_bytes().startswith(b"\x89PNG")
 

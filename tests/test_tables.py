@@ -572,6 +572,23 @@ def test_cost_counts_training_flops_and_sweep_jobs():
 def test_paper_cost_block_is_current():
     """experiments/paper/README.md's cost table is what `make paper-cost` writes for today's configs."""
     cost = load_cost_module()
-    studies = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml") if p.stem.startswith(("paper_", "fair_")))
     block = read_block((REPO / "experiments" / "paper" / "README.md").read_text(), "paper-cost")
-    assert block == cost.cost_table([cost.study_cost(s) for s in studies]).strip("\n"), "run `make paper-cost`"
+    assert block == cost.cost_table(cost.all_costs()).strip("\n"), "run `make paper-cost`"
+
+
+def test_the_tuned_llm_study_is_costed_with_its_tuning_and_confirmation_runs():
+    """llm_qwen_gsm8k_tuned: 4 optimizers x (8 trials + 5 seeds); a tuning run generates for 16 test prompts,
+    a confirmation run for all 1,319, so it costs more; the study's total is the sum of both kinds."""
+    cost = load_cost_module()
+    study = cost.llm_study_cost("llm_qwen_gsm8k_tuned")
+    assert study.runs == 4 * (8 + 5) and study.epochs == 3
+    cfg = compose_train_config(["experiment=llm_qwen_gsm8k_tuned"], fast=False)
+    tune = compose_train_config(["experiment=llm_qwen_gsm8k_tuned", *cfg.compare.tune_overrides], fast=False)
+    params = cost.LLM_PARAMS[cfg.model.name]
+    tune_h, confirm_h = cost._llm_run_hours(tune, params), cost._llm_run_hours(cfg, params)
+    assert tune_h < confirm_h
+    assert study.total_hours == pytest.approx(32 * tune_h + 20 * confirm_h)
+    # Generation: 4 evaluations (before training, then 3 epochs) of ceil(500/64) + ceil(500/64) + ceil(1319/64)
+    # batches, 256 decode steps each.
+    decode_h = 4 * (8 + 8 + 21) * 256 * cost.DECODE_STEP_S / 3600
+    assert confirm_h > decode_h and confirm_h - decode_h < decode_h   # generation dominates

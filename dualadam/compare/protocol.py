@@ -16,11 +16,11 @@ from dualadam.compare.jobs import Job, Stage
 from dualadam.compare.search import Tuning
 from dualadam.compare.search_space import Parameter, check_fits_run, load_search_space, training_values
 from dualadam.compare.settings import Protocol
+from dualadam.reporting.protocols import PROTOCOL_FILE
 from dualadam.reporting.review_plots import SENSITIVITY_PNG, plot_sensitivity
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_FILE = "protocol.json"
 SAMPLER_CALLS = {"quasi_random": 'optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)',
                  "tpe": "optuna.samplers.TPESampler(seed=(seed, trial number), n_startup_trials, "
                         "constant_liar=True)"}
@@ -115,14 +115,15 @@ def protocol_record(protocol: Protocol, launch: Launch, tuning: Tuning, confirm:
     }
 
 
-def make_tables(protocol: Protocol, confirm: Stage) -> None:
-    """The study's tables from its confirmation runs, by ``scripts/make_tables.py`` itself."""
+def make_tables(protocol: Protocol, confirm: Stage, record_path: Path) -> None:
+    """The study's tables from its confirmation runs, by ``scripts/make_tables.py`` itself, labelled with the
+    protocol recorded at ``record_path``."""
     spec = importlib.util.spec_from_file_location("make_tables", MAKE_TABLES)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     readme = ["--readme", protocol.readme] if protocol.readme else ["--no-readme"]
     module.main(["--roots", str(confirm.sweep_dir), "--study", protocol.study,
-                 "--results", str(protocol.results.parent), *readme])
+                 "--results", str(protocol.results.parent), "--protocol-json", str(record_path), *readme])
 
 
 def run_protocol(protocol: Protocol, launch: Launch) -> dict:
@@ -147,6 +148,10 @@ def run_protocol(protocol: Protocol, launch: Launch) -> dict:
         log.info("report: %s unchanged; tables left as they are", path)
         return record
     plot_sensitivity(record, protocol.results / SENSITIVITY_PNG)   # first: the study README links it
-    make_tables(protocol, confirm)
+    # The tables name the protocol; they read it from the study's work folder, since the results folder's copy
+    # is written only once they are.
+    draft = protocol.folder / PROTOCOL_FILE
+    atomic_write(draft, lambda f: f.write(text.encode()))
+    make_tables(protocol, confirm, draft)
     atomic_write(path, lambda f: f.write(text.encode()))
     return record

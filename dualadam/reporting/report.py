@@ -11,8 +11,10 @@ from pathlib import Path
 
 from dualadam.reporting.aggregate import StudyTable, build_study_table
 from dualadam.reporting.plots import plot_study_curves
+from dualadam.reporting.protocols import StudyProtocol, study_protocol
 from dualadam.reporting.readme_blocks import block_names, rewrite_block
 from dualadam.reporting.render import (
+    group_description,
     key_header,
     latex_table,
     markdown_table,
@@ -24,26 +26,33 @@ from dualadam.reporting.review_plots import (
     SCHEDULES_PNG,
     SEEDS_PNG,
     SENSITIVITY_PNG,
+    STEPS_TO_TARGET_PNG,
     plot_schedules,
     plot_seeds,
+    plot_steps_to_target,
 )
 from dualadam.reporting.statistics import HEADLINE, ComparisonPlan, compare_study
+from dualadam.reporting.targets import TargetSpec, choose_target, steps_to_target, steps_to_target_section
 from dualadam.training.metrics import TEST_ACC
 
 BLOCK_PREFIX = "results:"
 TABLE_MD, TABLE_TEX, README = "table.md", "table.tex", "README.md"
 CURVE_TITLES = {"test_acc.png": "Test accuracy per epoch", "gap_acc.png": "Generalization gap per epoch"}
 REVIEW_TITLES = {SEEDS_PNG: "Final test accuracy per seed", SCHEDULES_PNG: "lr and alpha per epoch",
+                 STEPS_TO_TARGET_PNG: "Steps to reach the target per seed",
                  SENSITIVITY_PNG: "Tuning score against each searched parameter"}
 
 
 @dataclass
 class Study:
-    """A study's results folder, read and aggregated."""
+    """A study's results folder, read and aggregated; ``protocol`` says how its runs were chosen, and
+    ``target`` which steps-to-target the report gives."""
 
     folder: Path
     table: StudyTable
     epoch_rows: list[dict]
+    protocol: StudyProtocol | None = None
+    target: TargetSpec = TargetSpec()
 
     @property
     def name(self) -> str:
@@ -55,7 +64,8 @@ def load_study(folder: Path) -> Study:
     if not rows:
         raise ValueError(f"{folder / RUNS_FILE} has no runs; run `make tables` after some runs of the study "
                          "have finished, or delete the folder")
-    return Study(folder, build_study_table(rows[0]["study"], rows), read_rows(folder / EPOCHS_FILE))
+    table = build_study_table(rows[0]["study"], rows)
+    return Study(folder, table, read_rows(folder / EPOCHS_FILE), study_protocol(folder, table))
 
 
 def _link(target: Path, relative_to: Path) -> str:
@@ -80,6 +90,7 @@ def study_markdown(study: Study, relative_to: Path, plan: ComparisonPlan | None 
         "n = runs averaged. Final: the last epoch; best: the epoch with the best "
         f"{' / '.join(f'`{m}`' for m in monitors)}; gap: train-eval minus test accuracy, in percentage points. "
         f"LaTeX: [`table.tex`]({_link(study.folder / TABLE_TEX, relative_to)})._",
+        *([study.protocol.text] if study.protocol else []),
         markdown_table(table, table.groups),
     ]
     if table.grouping_keys:
@@ -87,14 +98,20 @@ def study_markdown(study: Study, relative_to: Path, plan: ComparisonPlan | None 
     parts.append(not_averaged_list(table))
     parts.append(code_note(table))
     parts.append(paired_comparisons_section(compare_study(table, HEADLINE, plan), table))
+    target = choose_target(table.headline_groups(), study.epoch_rows, study.target,
+                           (plan or ComparisonPlan()).reference)
+    if target is not None:
+        found = steps_to_target(table.headline_groups(), study.epoch_rows, target)
+        parts.append(steps_to_target_section(found, target, study.epoch_rows,
+                                             lambda g: group_description(g, table)))
     parts.append(figures_line(study, relative_to))
     return "\n\n".join(parts) + "\n"
 
 
 def figures_line(study: Study, relative_to: Path) -> str:
-    """The study's figures as Markdown images; the sensitivity plot only where a compare run drew it."""
+    """The study's figures as Markdown images; the sensitivity and steps-to-target plots only where drawn."""
     titles = {**CURVE_TITLES, **{k: v for k, v in REVIEW_TITLES.items()
-                                 if k != SENSITIVITY_PNG or (study.folder / k).is_file()}}
+                                 if k not in (SENSITIVITY_PNG, STEPS_TO_TARGET_PNG) or (study.folder / k).is_file()}}
     return " ".join(f"![{title}]({_link(study.folder / name, relative_to)})" for name, title in titles.items())
 
 
@@ -132,6 +149,11 @@ def write_study_report(study: Study, command: str | None = None, plan: Compariso
     groups = table.headline_groups()
     paths += [plot_seeds(study.name, groups, table.grouping_keys, folder / SEEDS_PNG),
               plot_schedules(study.name, groups, study.epoch_rows, folder / SCHEDULES_PNG)]
+    target = choose_target(groups, study.epoch_rows, study.target, (plan or ComparisonPlan()).reference)
+    if target is not None:
+        found = steps_to_target(groups, study.epoch_rows, target)
+        paths.append(plot_steps_to_target(study.name, found, target, table.grouping_keys, study.epoch_rows,
+                                          folder / STEPS_TO_TARGET_PNG))
     body = study_markdown(study, folder, plan)
     caption = (f"{study.name}: mean ± sample std over seeds (n runs averaged) of the final and best test "
                "accuracy, the final train-eval accuracy and the gap (train-eval minus test, pp); 95% CI of the "

@@ -5,7 +5,9 @@
 - ``schedules.png``: the lr and alpha (``optim/inverse_adam_rate``) per epoch, so the blend's end is visible
   (from ``epochs.csv``; an optimizer that records no alpha has no alpha line);
 - ``sensitivity.png``: a compare study's tuning scores against each searched parameter (from its
-  ``protocol.json``), the selected trial starred.
+  ``protocol.json``), the selected trial starred;
+- ``steps_to_target.png``: each optimizer's first step at a validation (else test) target per seed, runs that
+  never reached it drawn past the end of training (``targets.py``).
 
 Rendered by Agg without pyplot, with the same byte-repeatable PNG metadata as ``plots.py``.
 """
@@ -24,8 +26,10 @@ from dualadam.reporting.plots import COLORS, PNG_METADATA, curve
 from dualadam.reporting.render import format_setting_value, key_header, optimizer_name
 from dualadam.reporting.run_records import is_finite_number
 from dualadam.reporting.statistics import group_ci
+from dualadam.reporting.targets import StepsToTarget, Target, evaluation_interval
 
 SEEDS_PNG, SCHEDULES_PNG, SENSITIVITY_PNG = "seeds.png", "schedules.png", "sensitivity.png"
+STEPS_TO_TARGET_PNG = "steps_to_target.png"
 FINAL_TEST_ACC = "final/test/acc"
 LR, ALPHA = "lr", "optim/inverse_adam_rate"
 # The matched-warmup control's warmup is tuned over the same range as DualAdam's blend: one shared panel.
@@ -183,3 +187,48 @@ def draw_sensitivity(protocol_json_path: Path, out_png: Path) -> Path:
         raise FileNotFoundError(f"{path} does not exist; run `python -m dualadam.compare` for the study first")
     return plot_sensitivity(json.loads(path.read_text()), Path(out_png), str(path))
 
+
+
+def _last_step(epoch_rows: list[dict]) -> float:
+    return max((r["optim/steps"] for r in epoch_rows if is_finite_number(r.get("optim/steps"))), default=1.0)
+
+
+def plot_steps_to_target(study: str, found: list[StepsToTarget], target: Target, grouping_keys: list[str],
+                         epoch_rows: list[dict], path: Path) -> Path:
+    """One row per optimizer: a dot per seed at its first step at the target, the median as a black diamond,
+    and a cross past the end of training for each run that never reached it; dotted lines at the evaluations
+    (epoch ends), the only steps a run can be seen reaching the target at."""
+    fig = Figure(figsize=(7.0, 0.5 * len(found) + 1.8))
+    ax = fig.add_subplot()
+    end = _last_step(epoch_rows)
+    never_x = end * 1.08
+    interval = evaluation_interval(epoch_rows)
+    if interval:
+        for step in range(interval, int(end) + 1, interval):
+            ax.axvline(step, color="0.85", lw=0.8, ls=":", zorder=1)
+    for y, item in enumerate(found):
+        color = _color(item.group.optimizer, y)
+        seeds = sorted(item.steps.items())
+        reached = [(s, step) for s, step in seeds if step is not None]
+        # Seeds at the same step are spread vertically, so each run stays visible.
+        offsets = [0.1 * ((i % 5) - 2) for i in range(len(seeds))]
+        ax.scatter([step for _, step in reached], [y + offsets[i] for i, (s, step) in enumerate(seeds)
+                                                   if step is not None], color=color, s=22, zorder=3)
+        missed = item.n - item.reached
+        if missed:
+            ax.scatter([never_x] * missed, [y + o for o, (_, step) in zip(offsets, seeds) if step is None],
+                       marker="x", color=color, s=30, zorder=3)
+        if item.median != math.inf and not math.isnan(item.median):
+            ax.scatter([item.median], [y - 0.35], marker="D", color="black", s=22, zorder=4)
+    ax.axvline(end, color="0.4", lw=0.8)
+    ax.text(never_x, -0.8, "never", ha="center", va="bottom", fontsize=7)
+    ax.set_yticks(range(len(found)), [_short_label(item.group, grouping_keys).replace("\n", " ")
+                                      for item in found], fontsize=8)
+    ax.set_ylim(len(found) - 0.5, -0.8)   # the first optimizer on top
+    ax.set_xlim(0, end * 1.15)
+    ax.set_xlabel("optimizer steps (evaluated at each epoch's end, dotted)")
+    where = " (test set: no validation split)" if target.metric == "test/acc" else ""
+    ax.set_title(f"{study}: steps to reach {target.metric} {target.relation} {target.value:.4g}{where}\n"
+                 "● one run per seed, ◆ median over seeds, × never reached", fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)

@@ -9,6 +9,10 @@ ops are not counted), giving the training and evaluation FLOPs per image. The nu
 sweep, or for a tuned study (a ``compare`` block: ``python -m dualadam.compare``) optimizers x (K trials + N
 confirmation seeds); its epochs, dataset and validation split give the images. The hours follow from the
 assumptions below.
+
+The tuned LLM study (``llm_qwen_gsm8k_tuned``) is estimated from its model's parameter count instead (its
+weights are on the Hugging Face Hub, not here): LoRA training at 4 FLOPs per parameter and token, and
+generation, which dominates, at one decode step per new token and evaluation batch (``llm_study_cost``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,19 @@ UTILIZATION = 0.15
 # ImageNet's JPEG decode and RandomResizedCrop run on the host: about 3,000 images/s with 16 loader workers.
 # The CIFAR and Tiny-ImageNet sets fit on the GPU (the device-resident loader), so only ImageNet is data-bound.
 HOST_IMAGES_PER_S = {"imagenet": 3_000.0}
+
+# LLM studies. Parameters from the model card (the weights are not downloaded here); GSM8K's problem counts.
+LLM_STUDIES = ("llm_qwen_gsm8k_tuned",)
+LLM_PARAMS = {"Qwen/Qwen2.5-1.5B-Instruct": 1.54e9}
+LLM_DATASETS = {"gsm8k": (7_473, 1_319)}   # training problems, test problems
+# Assumed averages for GSM8K in the chat template: a prompt (question and template) and a worked answer.
+PROMPT_TOKENS, ANSWER_TOKENS = 120, 130
+# LoRA: forward 2N and backward through the frozen weights 2N FLOPs per token; the adapters' own gradients
+# are negligible.
+LORA_FLOPS_PER_PARAM_TOKEN = 4
+# A decode step of eager Hugging Face generate on a ~30-layer model is bound by kernel launches and Python,
+# not by reading the weights (3 GB in bf16: 1.5 ms at 2 TB/s): ~25 ms, whatever the batch.
+DECODE_STEP_S = 0.025
 
 
 @dataclass(frozen=True)
@@ -117,13 +134,49 @@ def study_cost(study: str) -> StudyCost:
                      epochs * (trained + evaluated) / host_rate / 3600)
 
 
+def _llm_run_hours(cfg, params: float) -> float:
+    """One run of an LLM study: LoRA training at ``UTILIZATION`` of the peak, plus generation for every
+    evaluation (before training when asked, then after each epoch) of the val, train-eval and test prompts,
+    each evaluation batch decoding ``max_new_tokens`` steps (the longest answer in a batch sets its length)."""
+    train_problems, test_problems = LLM_DATASETS[cfg.dataset.name]
+    d = cfg.dataset
+    val_problems = round(train_problems * float(d.get("val_fraction") or 0))
+    trained = train_problems - val_problems
+    epochs = int(cfg.trainer.epochs)
+    train_flops = epochs * trained * (PROMPT_TOKENS + ANSWER_TOKENS) * LORA_FLOPS_PER_PARAM_TOKEN * params
+    prompts = [min(int(d.get("val_size") or val_problems), val_problems), int(d.train_eval_size),
+               int(d.test_size) if d.get("test_size") is not None else test_problems]
+    evaluations = epochs + int(bool(cfg.trainer.get("eval_before_training")))
+    batches = sum(math.ceil(n / int(cfg.trainer.eval_batch_size)) for n in prompts if n > 0)
+    prefill_flops = 2 * params * PROMPT_TOKENS * sum(prompts)
+    compute_s = (train_flops + evaluations * prefill_flops) / (A100_PEAK_FLOPS * UTILIZATION)
+    return (compute_s + evaluations * batches * int(d.max_new_tokens) * DECODE_STEP_S) / 3600
+
+
+def llm_study_cost(study: str) -> StudyCost:
+    """A tuned LLM study: its tuning runs (with the protocol's tuning overrides) and confirmation runs."""
+    overrides = [f"experiment={study}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+        tune_cfg = compose(config_name="train", overrides=[*overrides, *cfg.compare.tune_overrides])
+    params = LLM_PARAMS[cfg.model.name]
+    optimizers = len(cfg.compare.optimizers)
+    tuning, confirming = optimizers * cfg.compare.trials, optimizers * len(cfg.compare.confirm_seeds)
+    total = tuning * _llm_run_hours(tune_cfg, params) + confirming * _llm_run_hours(cfg, params)
+    runs = tuning + confirming
+    train_gflops = LORA_FLOPS_PER_PARAM_TOKEN * params * (PROMPT_TOKENS + ANSWER_TOKENS) / 1e9
+    # hours per run: the mean over tuning and confirmation runs, so runs x per run is the study's total.
+    return StudyCost(study, cfg.dataset.name, cfg.model.name.split("/")[-1], params / 1e6, train_gflops, runs,
+                     int(cfg.trainer.epochs), total / runs, 0.0)
+
+
 def hours(value: float) -> str:
     """Two significant figures below 10, whole hours above: the estimate is no finer."""
     return f"{value:.2g}" if value < 10 else f"{value:,.0f}"
 
 
 def cost_table(costs: list[StudyCost]) -> str:
-    lines = ["| study | dataset / model | params (M) | train GFLOPs / image | runs | A100-h per run | "
+    lines = ["| study | dataset / model | params (M) | train GFLOPs / sample | runs | A100-h per run | "
              "A100-h, whole study |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for c in costs:
         bound = " (data-bound)" if c.data_hours > c.compute_hours else ""
@@ -133,10 +186,20 @@ def cost_table(costs: list[StudyCost]) -> str:
     assumptions = (f"_Generated by `make paper-cost` (`experiments/paper/cost.py`). Assumptions: A100 at "
                    f"{UTILIZATION:.0%} of its {A100_PEAK_FLOPS / 1e12:.0f} TFLOP/s fp16 peak; ImageNet loading at "
                    f"{HOST_IMAGES_PER_S['imagenet']:,.0f} images/s. The `fair_*` studies are tuned comparisons: "
-                   "runs = optimizers x (K tuning trials + N confirmation seeds), each a full-length run. Every "
+                   "runs = optimizers x (K tuning trials + N confirmation seeds), each a full-length run. A sample "
+                   "is an image, or for the LLM study a training sequence (~"
+                   f"{PROMPT_TOKENS + ANSWER_TOKENS} tokens; its hours per run are the mean over tuning and "
+                   f"confirmation runs, with generation at {DECODE_STEP_S * 1000:.0f} ms a decode step). Every "
                    f"study together: {hours(total)} A100-hours. Estimates, not measurements: expect the real "
                    "figures within a factor of 2 to 3._")
     return "\n".join([assumptions, "", *lines]) + "\n"
+
+
+def all_costs() -> list[StudyCost]:
+    """Every paper and fair study (sorted), then the LLM studies."""
+    studies = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")
+                     if p.stem.startswith(("paper_", "fair_")))
+    return [*(study_cost(s) for s in studies), *(llm_study_cost(s) for s in LLM_STUDIES)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,9 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--readme", type=Path, help="a Markdown file whose paper-cost block to rewrite")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(1)
-    studies = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")
-                     if p.stem.startswith(("paper_", "fair_")))
-    table = cost_table([study_cost(s) for s in studies])
+    table = cost_table(all_costs())
     print(table)
     if args.readme:
         rewrite_block(args.readme, "paper-cost", table)
