@@ -29,11 +29,14 @@ All of them compute, for one list of tensors at bias-correction step ``t`` with 
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from dualadam.optim.direct_compile import MAX_DIRECT_NUMEL, DirectCompiled
 
 Scalar = float | Tensor  # Python floats in eager mode; 0-d tensors inside a graph the caller compiles
 
@@ -186,13 +189,16 @@ def _scalar_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def blend_chunk(ps, gs, ms, vs, *coefs_and_maximize) -> None:
-    """``blend_one`` over a fixed number of flat tensors: one compiled call updates a chunk of them."""
-    for p, g, m, v in zip(ps, gs, ms, vs):
-        blend_one(p, g, m, v, *coefs_and_maximize)
+def blend_chunk(tensors: list[Tensor], constants: tuple) -> None:
+    """``blend_one`` over a chunk: ``tensors`` is ``[*ps, *gs, *ms, *vs, *coefs]`` (``CHUNK`` flat tensors
+    each, then the eight 0-d coefficients), ``constants`` is ``(maximize,)``."""
+    n = (len(tensors) - len(BlendBuffers.NAMES)) // 4
+    coefs = tensors[4 * n:]
+    for i in range(n):
+        blend_one(*tensors[i:4 * n:n], *coefs, *constants)
 
 
-CHUNK = 8  # tensors per compiled call: fewer calls (each costs dynamo's guard checks) against a larger graph
+CHUNK = 8  # tensors per compiled call: fewer calls against a larger graph (and a longer cold compile)
 _compiled_blend_step = None
 _compile_failed = False
 
@@ -200,18 +206,12 @@ _compile_failed = False
 def _get_compiled_blend_step():
     # Dynamic lengths: one graph serves every length >= 2 (dynamo specializes 0 and 1, so shorter tensors
     # go the foreach way), and the number of graphs depends on dtypes and ``maximize``, never on how many
-    # tensors, shapes or param groups there are.
+    # tensors, shapes or param groups there are. After its first call per signature the compiled code is
+    # called without dynamo (see ``direct_compile.py``).
     global _compiled_blend_step
     if _compiled_blend_step is None:
-        _compiled_blend_step = torch.compile(blend_chunk, fullgraph=True, dynamic=True)
+        _compiled_blend_step = DirectCompiled(blend_chunk)
     return _compiled_blend_step
-
-
-def _no_duck_sizing():
-    # Without duck sizing, equal lengths inside a chunk get no equality guard (a guard per pattern of
-    # equal lengths would mean a graph per pattern). Scoped to our calls: the setting is read when a graph
-    # is traced, and restored on exit.
-    return torch.fx.experimental._config.patch(use_duck_shape=False)
 
 
 def _is_dense(t: Tensor) -> bool:
@@ -242,8 +242,10 @@ class BlendBuffers:
              "inverse_coef")
 
     def __init__(self, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
         self.scalars = [torch.zeros((), device=device, dtype=_scalar_dtype(dtype)) for _ in self.NAMES]
         self._aliases: dict[int, tuple] = {}
+        self.plans: dict[tuple[int, ...], _ChunkPlan] = {}  # per list of params (ids): see ``plan_chunks``
         # What unused chunk slots point at: two elements each (a length dynamo does not specialize),
         # updated harmlessly (v stays >= 0, so d stays finite).
         self.padding = [tuple(torch.zeros(2, dtype=dtype, device=device) for _ in range(4)) for _ in range(CHUNK)]
@@ -255,43 +257,111 @@ class BlendBuffers:
 
     def flat(self, p, g, m, v) -> tuple[Tensor, ...] | None:
         """1-D aliases of (p, g, m, v), element i of each being the same logical element; None where that
-        needs a copy: a strided param, a grad laid out unlike its param, fewer than 2 elements (dynamo
-        specializes lengths 0 and 1, so those go the foreach way)."""
+        needs a copy: a strided param, a grad laid out unlike its param or of another dtype, fewer than 2
+        elements (dynamo specializes lengths 0 and 1, so those go the foreach way) or more than the compiled
+        code is called with directly (``MAX_DIRECT_NUMEL``; rare enough to take the foreach way too)."""
         entry = self._aliases.get(id(p))
         if entry is None or entry[0] is not m or entry[1] is not v or entry[2].data_ptr() != p.data_ptr() \
                 or entry[2].numel() != p.numel():
-            if p.numel() < 2 or not _is_dense(p) or m.stride() != p.stride() or v.stride() != p.stride():
+            if not 2 <= p.numel() <= MAX_DIRECT_NUMEL or not _is_dense(p) or m.stride() != p.stride() or v.stride() != p.stride() \
+                    or m.dtype != p.dtype or v.dtype != p.dtype:
                 return None
             entry = (m, v, _alias_1d(p), _alias_1d(m), _alias_1d(v), torch.empty(0, dtype=g.dtype, device=g.device))
             self._aliases[id(p)] = entry
-        if g.stride() != p.stride():
+        if g.stride() != p.stride() or g.dtype != p.dtype:
             return None
         return entry[2], _alias_1d(g, entry[5]), entry[3], entry[4]
+
+
+class _ChunkPlan:
+    """One list of contiguous params cut into chunks for the compiled call: per chunk its argument list with
+    the 1-D views of p, m, v, the padding and the coefficients in place; only the grad slots change from step
+    to step. Valid while the params' memory and their state tensors stay the same."""
+
+    def __init__(self, params, exp_avgs, exp_avg_sqs, buffers: BlendBuffers):
+        self.params_ptrs = [p.data_ptr() for p in params]
+        self.exp_avgs, self.exp_avg_sqs = list(exp_avgs), list(exp_avg_sqs)
+        self.args, self.grad_slots = [], []
+        for start in range(0, len(params), CHUNK):
+            stop = min(start + CHUNK, len(params))
+            pad = buffers.padding[stop - start:]
+            args = []
+            for k, tensors in enumerate((params, None, exp_avgs, exp_avg_sqs)):
+                args += [None] * (stop - start) if tensors is None else [t.view(-1) for t in tensors[start:stop]]
+                args += [slot[k] for slot in pad]
+            self.args.append(args + buffers.scalars)
+            self.grad_slots.append((start, stop))
+
+    def valid(self, params, exp_avgs, exp_avg_sqs) -> bool:
+        return ([p.data_ptr() for p in params] == self.params_ptrs
+                and all(map(operator.is_, exp_avgs, self.exp_avgs))
+                and all(map(operator.is_, exp_avg_sqs, self.exp_avg_sqs)))
+
+    def with_grads(self, grads) -> list[list[Tensor]]:
+        flat = [g.view(-1) for g in grads]
+        for args, (start, stop) in zip(self.args, self.grad_slots):
+            args[CHUNK:CHUNK + stop - start] = flat[start:stop]
+        return self.args
+
+
+def plan_chunks(params, grads, exp_avgs, exp_avg_sqs, buffers: BlendBuffers) -> list[list[Tensor]] | None:
+    """The common case of a step, with no per-tensor sorting: every param, moment and grad contiguous and of
+    the params' dtype, every param of 2 to ``MAX_DIRECT_NUMEL`` elements. Then the compiled calls' argument
+    lists, else None (``compiled_blend_step`` then sorts the tensors one by one)."""
+    if not all(g.is_contiguous() and g.dtype == buffers.dtype for g in grads):
+        return None
+    key = tuple(map(id, params))
+    plan = buffers.plans.get(key)
+    if plan is None or not plan.valid(params, exp_avgs, exp_avg_sqs):
+        if not all(2 <= p.numel() <= MAX_DIRECT_NUMEL and p.is_contiguous() and m.is_contiguous()
+                   and v.is_contiguous() and m.dtype == v.dtype == buffers.dtype
+                   for p, m, v in zip(params, exp_avgs, exp_avg_sqs)):
+            return None
+        plan = buffers.plans[key] = _ChunkPlan(params, exp_avgs, exp_avg_sqs, buffers)
+    return plan.with_grads(grads)
+
+
+def _chunk_calls(params, grads, exp_avgs, exp_avg_sqs, buffers: BlendBuffers):
+    """The compiled calls' argument lists, each with the (p, g, m, v) it updates, and the (p, g, m, v) that
+    must go the foreach way."""
+    tensors = list(zip(params, grads, exp_avgs, exp_avg_sqs))
+    planned = plan_chunks(params, grads, exp_avgs, exp_avg_sqs, buffers)
+    if planned is not None:
+        return [(args, tensors[i * CHUNK:(i + 1) * CHUNK]) for i, args in enumerate(planned)], []
+    flat, leftover = [], []
+    for four in tensors:
+        aliases = buffers.flat(*four)
+        if aliases is None:
+            leftover.append(four)
+        else:
+            flat.append((aliases, four))
+    calls = []
+    for start in range(0, len(flat), CHUNK):
+        chunk = [aliases for aliases, _ in flat[start:start + CHUNK]] + buffers.padding[len(flat[start:start + CHUNK]):]
+        calls.append(([t for slot in zip(*chunk) for t in slot] + buffers.scalars,
+                      [four for _, four in flat[start:start + CHUNK]]))
+    return calls, leftover
 
 
 def compiled_blend_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars, buffers: BlendBuffers) -> None:
     """The blend, one compiled pass per chunk of tensors; falls back to ``foreach_step`` where it must."""
     global _compile_failed
-    coefs = buffers.update(s)
-    flat, leftover = [], []
-    for tensors in zip(params, grads, exp_avgs, exp_avg_sqs):
-        aliases = None if _compile_failed else buffers.flat(*tensors)
-        if aliases is None:
-            leftover.append(tensors)
-        else:
-            flat.append((aliases, tensors))
-    with _no_duck_sizing():
-        for start in range(0, len(flat), CHUNK):
-            chunk = [aliases for aliases, _ in flat[start:start + CHUNK]]
-            chunk += buffers.padding[len(chunk):]
-            try:
-                _get_compiled_blend_step()(*map(list, zip(*chunk)), *coefs, s.maximize)
-            except Exception as err:  # no C++ compiler, unsupported backend, ...: stay correct, lose speed
-                # Compilation fails before the graph runs, so this chunk and those after it are untouched.
-                _compile_failed = True
-                warnings.warn(f"DualAdam(fused=True) could not compile its blend step ({type(err).__name__}: "
-                              f"{err}); using the foreach path instead.", RuntimeWarning, stacklevel=3)
-                leftover.extend(tensors for _, tensors in flat[start:])
-                break
+    buffers.update(s)
+    if _compile_failed:
+        calls, leftover = [], list(zip(params, grads, exp_avgs, exp_avg_sqs))
+    else:
+        calls, leftover = _chunk_calls(params, grads, exp_avgs, exp_avg_sqs, buffers)
+    constants = (s.maximize,)
+    signature = (constants, buffers.device, buffers.dtype)  # every tensor of a call has the params' dtype
+    for i, (args, _) in enumerate(calls):
+        try:
+            _get_compiled_blend_step()(args, constants, signature)
+        except Exception as err:  # no C++ compiler, unsupported backend, ...: stay correct, lose speed
+            # Compilation fails before the graph runs, so this chunk and those after it are untouched.
+            _compile_failed = True
+            warnings.warn(f"DualAdam(fused=True) could not compile its blend step ({type(err).__name__}: "
+                          f"{err}); using the foreach path instead.", RuntimeWarning, stacklevel=3)
+            leftover += [four for _, fours in calls[i:] for four in fours]
+            break
     if leftover:
         foreach_step(*map(list, zip(*leftover)), s)
