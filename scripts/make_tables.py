@@ -1,19 +1,21 @@
-"""``make tables``: finished runs -> ``<results>/<study>/`` CSVs -> tables, plots and README blocks.
+"""``make tables``: finished runs -> ``<results>/<study>/`` CSVs -> tables, plots and the docs' blocks.
 
-    python scripts/make_tables.py                                  # -> outputs/results/<study>/, no README
+    python scripts/make_tables.py                                  # -> outputs/results/<study>/, no doc
     python scripts/make_tables.py --roots /scratch/me/multirun     # other run directories
     python scripts/make_tables.py --wandb --wandb-entity my-team   # also the W&B API (skipped when offline)
-    python scripts/make_tables.py --committed --readme README.md   # the repository's results/ and README
+    python scripts/make_tables.py --committed                      # the repository's results/ and docs
     python scripts/make_tables.py --committed --no-collect         # only rebuild tables from results/*/runs.csv
     python scripts/make_tables.py --reference adamw                # pair every optimizer with AdamW, not Adam
 
 A study is the ``logger.group`` a run was launched with (each ``configs/experiment/<study>.yaml`` sets it to
 ``<study>``), else its ``experiment=`` choice; its files go to ``outputs/results/<study>/``, and to the
 repository's committed ``results/<study>/`` only when asked (``--committed``, as the committed studies' make
-targets do, or ``--results <folder>``). README blocks are rewritten only with ``--committed`` or ``--readme``. Runs are merged into the
+targets do, or ``--results <folder>``). Blocks of Markdown files are rewritten only with ``--committed`` (README.md
+and docs/results.md) or ``--doc FILE``. Runs are merged into the
 study's CSVs (a run found again replaces its rows); then every study with a ``runs.csv`` gets ``table.md``,
 ``table.tex``, ``test_acc.png``, ``gap_acc.png``, ``seeds.png``, ``schedules.png`` and ``README.md``, and
-every ``<!-- results:<study>:begin/end -->`` block of the ``--readme`` files is rewritten. Each table ends with
+every ``<!-- results:<study>:begin/end -->`` block (the full table) and ``<!-- verdicts:<study>:begin/end -->``
+block (its verdict lines alone, for README.md's findings) of those files is rewritten. Each table ends with
 seed-paired comparisons against the reference (and DualAdam against the matched-warmup control) and their
 verdict lines (docs/statistics.md). The same CSVs always give the same bytes.
 """
@@ -28,7 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from dualadam.reporting.local_runs import collect_local_runs
-from dualadam.reporting.report import fill_readme, load_study, write_study_report
+from dualadam.reporting.report import fill_doc, load_study, write_study_report
 from dualadam.reporting.results_csv import RUNS_FILE, merge_study
 from dualadam.reporting.run_records import study_folder_name
 from dualadam.reporting.statistics import ComparisonPlan
@@ -37,6 +39,8 @@ from dualadam.reporting.wandb_runs import fetch_wandb_runs
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOTS = ("outputs", "multirun", "results/runs")
 COMMITTED_RESULTS, OUTPUT_RESULTS = Path("results"), Path("outputs/results")
+# Where the committed studies are shown: README.md's findings (verdict lines) and the full tables in the guide.
+COMMITTED_DOCS = (Path("README.md"), Path("docs/results.md"))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -46,11 +50,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=None,
                         help=f"where <study>/ folders go (default {OUTPUT_RESULTS}; {COMMITTED_RESULTS} with --committed)")
     parser.add_argument("--committed", action="store_true",
-                        help=f"write the repository's committed {COMMITTED_RESULTS}/<study>/ and README.md blocks")
-    parser.add_argument("--readme", type=Path, action="append", default=None,
-                        help="a Markdown file whose results blocks to rewrite (repeatable; default README.md "
-                             "with --committed, none otherwise)")
-    parser.add_argument("--no-readme", action="store_true", help="rewrite no README block (e.g. make demo)")
+                        help=f"write the repository's committed {COMMITTED_RESULTS}/<study>/ and the blocks of "
+                             f"{' and '.join(str(d) for d in COMMITTED_DOCS)}")
+    parser.add_argument("--doc", "--readme", dest="doc", type=Path, action="append", default=None,
+                        help="a Markdown file whose results and verdicts blocks to rewrite (repeatable; default "
+                             f"{' '.join(str(d) for d in COMMITTED_DOCS)} with --committed, none otherwise)")
+    parser.add_argument("--no-doc", "--no-readme", dest="no_doc", action="store_true",
+                        help="rewrite no Markdown block (e.g. make demo)")
     parser.add_argument("--print", action="store_true", help="print each study's table.md (e.g. make demo)")
     parser.add_argument("--study", action="append", default=None, help="only this study (repeatable)")
     parser.add_argument("--no-collect", action="store_true", help="skip the search; rebuild from the CSVs")
@@ -101,7 +107,7 @@ def report(args: argparse.Namespace) -> None:
     studies, plan = {}, ComparisonPlan(reference=args.reference)
     for runs_csv in sorted(args.results.glob(f"*/{RUNS_FILE}")):
         study = load_study(runs_csv.parent)
-        studies[runs_csv.parent.name] = study   # every study, for the README blocks
+        studies[runs_csv.parent.name] = study   # every study, for the docs' blocks
     check_reference(args.reference, [s for s in studies.values() if args.study is None or s.name in args.study])
     for study in studies.values():
         if args.study is not None and study.name not in args.study:
@@ -114,11 +120,10 @@ def report(args: argparse.Namespace) -> None:
             print((study.folder / "table.md").read_text())
     if not studies:
         print(f"[tables] no study has results yet (no {args.results}/<study>/{RUNS_FILE})")
-    default_readmes = [Path("README.md")] if args.committed else []
-    readmes = [] if args.no_readme else args.readme if args.readme is not None else default_readmes
-    for readme in readmes:
-        notes = fill_readme(readme, args.results, studies, plan) if readme.is_file() \
-            else [f"{readme}: not found, skipped"]
+    default_docs = list(COMMITTED_DOCS) if args.committed else []
+    docs = [] if args.no_doc else args.doc if args.doc is not None else default_docs
+    for doc in docs:
+        notes = fill_doc(doc, args.results, studies, plan) if doc.is_file() else [f"{doc}: not found, skipped"]
         for note in notes:
             print(f"[tables] {note}")
 

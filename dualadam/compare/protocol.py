@@ -109,9 +109,9 @@ def make_tables(protocol: Protocol, confirm: Stage) -> None:
     spec = importlib.util.spec_from_file_location("make_tables", MAKE_TABLES)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    readme = ["--readme", protocol.readme] if protocol.readme else ["--no-readme"]
+    docs = [arg for doc in protocol.docs for arg in ("--doc", doc)] or ["--no-doc"]
     module.main(["--roots", str(confirm.sweep_dir), "--study", protocol.study,
-                 "--results", str(protocol.results.parent), *readme])
+                 "--results", str(protocol.results.parent), *docs])
 
 
 def run_protocol(protocol: Protocol, launch: Launch) -> dict:
