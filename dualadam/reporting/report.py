@@ -33,6 +33,8 @@ from dualadam.reporting.statistics import HEADLINE, ComparisonPlan, compare_stud
 from dualadam.training.metrics import TEST_ACC
 
 BLOCK_PREFIX, VERDICTS_PREFIX = "results:", "verdicts:"
+# What a committed doc holds in a block of a study that has no results yet; `make tables` leaves it as it is.
+PENDING_BLOCK = "_Not generated yet: `make tables` writes this block once `results/{study}/runs.csv` exists._"
 TABLE_MD, TABLE_TEX, README = "table.md", "table.tex", "README.md"
 CURVE_TITLES = {"test_acc.png": "Test accuracy per epoch", "gap_acc.png": "Generalization gap per epoch"}
 REVIEW_TITLES = {SEEDS_PNG: "Final test accuracy per seed", SCHEDULES_PNG: "lr and alpha per epoch",
