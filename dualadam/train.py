@@ -1,7 +1,7 @@
 """The training entrypoint: ``python -m dualadam.train [overrides]`` or ``dualadam-train [overrides]``.
 
-A thin Hydra wrapper over ``dualadam.training.run.train``; tests call that function directly. See the README's
-"Training" and "Runs that survive and scale" sections for the configs, the defaults and the run directories.
+A thin Hydra wrapper over ``dualadam.training.run.train``; tests call that function directly. See docs/training.md
+(the configs and the defaults) and docs/runs.md (the run directories, resume, sweeps).
 
 - A single run that fails exits non-zero. In a multirun (``-m``), a failed job is recorded in its directory
   (``summary.json`` with ``status: failed``, ``error.txt``) and the sweep goes on with the next one.
