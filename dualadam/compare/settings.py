@@ -103,7 +103,7 @@ def read_protocol(cfg: DictConfig, study: str, config_dir: Path) -> Protocol:
     _check_optimizers(list(c.optimizers), config_dir)
     _check_budget(c)
     _check_metric(c.metric)
-    _check_docs(c.docs)
+    _check_docs(c.get("docs", []))
     _check_sampler(cfg.get("hparams_search"))
     changes = OmegaConf.to_container(c.search_spaces, resolve=True)
     unknown = sorted(set(changes) - set(c.optimizers))
@@ -114,5 +114,6 @@ def read_protocol(cfg: DictConfig, study: str, config_dir: Path) -> Protocol:
         study=study, optimizers=tuple(c.optimizers), trials=c.trials, tune_seed=c.tune_seed,
         confirm_seeds=tuple(c.confirm_seeds), metric=c.metric, parallel=c.parallel,
         sampler=OmegaConf.to_container(cfg.hparams_search, resolve=True),
-        folder=Path(c.folder) / study, results=Path(c.results) / study, docs=tuple(c.docs),
+        folder=Path(c.folder) / study, results=Path(c.results) / study,
+        docs=(*([c.readme] if c.get("readme") else []), *c.get("docs", [])),
         tune_overrides=tuple(c.tune_overrides), search_space_changes=changes)
