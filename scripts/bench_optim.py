@@ -22,10 +22,11 @@ minus a steady step. The 9-group and LoRA figures are reported as ratios to the 
 A compile that does not finish within ``--compile-timeout`` seconds is reported as timed out, and that case's
 fused steady-state measurement is skipped (it would only time out again).
 
-    make bench-optim                      # full size, rewrites README.md's bench-optim block (~5-25 min)
-    python scripts/bench_optim.py --quick # tiny sizes, a smoke run of every code path; writes no README
+    make bench-optim                      # full size, rewrites docs/benchmarks.md's bench-optim block (~5-25 min)
+    python scripts/bench_optim.py --quick # tiny sizes, a smoke run of every code path; writes no doc
 
-``--readme FILE`` rewrites the ``<!-- bench-optim:begin/end -->`` block of FILE (full size only); ``--json``
+``--doc FILE`` (alias ``--readme``) rewrites the ``<!-- bench-optim:begin/end -->`` block of FILE, e.g.
+docs/benchmarks.md (full size only); ``--json``
 keeps every figure. The last line printed is machine-readable: ``bench-optim: <key>=<value> ...``.
 """
 
@@ -391,15 +392,16 @@ def parse_args(argv=None):
     parser.add_argument("--compile-timeout", type=float, default=600.0, help="seconds per cold compile")
     parser.add_argument("--case-timeout", type=float, default=1200.0, help="seconds per case's steady state")
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/bench_optim.json"))
-    parser.add_argument("--readme", type=Path, default=None, help="rewrite this file's bench-optim block")
+    parser.add_argument("--doc", "--readme", dest="doc", type=Path, default=None,
+                        help="rewrite this Markdown file's bench-optim block (make bench-optim: docs/benchmarks.md)")
     parser.add_argument("--worker", choices=["compile", "steady"], help=argparse.SUPPRESS)
     parser.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--measure", nargs="+", choices=list(MEASUREMENTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.readme is not None and (args.quick or args.cases != list(CASES)):
-        parser.error("--readme takes a full-size run of every case: drop --quick/--cases, or drop --readme")
-    if args.readme is not None and not args.readme.is_file():
-        parser.error(f"--readme {args.readme}: no such file")
+    if args.doc is not None and (args.quick or args.cases != list(CASES)):
+        parser.error("--doc takes a full-size run of every case: drop --quick/--cases, or drop --doc")
+    if args.doc is not None and not args.doc.is_file():
+        parser.error(f"--doc {args.doc}: no such file")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
     on_cuda = args.device.startswith("cuda")
@@ -423,7 +425,7 @@ def main(argv=None) -> None:
             print(f"  {name} ...", flush=True)
             results["cases"][name] = measure_case(args, name, cache_root)
     results["context"]["load_end"] = load_average()
-    publish(results, BLOCK, render_block(results), args.json, args.readme)
+    publish(results, BLOCK, render_block(results), args.json, args.doc)
     print(summary_line(results))
 
 

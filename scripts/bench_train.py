@@ -19,10 +19,11 @@ those paired ratios are reported. "data wait" is the time the step loop spends i
 ``next()``, as a fraction of the pipeline's wall time. (a) is timed from its first batch, so its worker
 start-up (paid once per epoch by the authors) is not counted against it.
 
-    make bench-train                     # full size; rewrites README.md's bench-train block (~2 min)
-    python scripts/bench_train.py --quick --data <root>   # a smoke run of every code path; writes no README
+    make bench-train                     # full size; rewrites docs/benchmarks.md's bench-train block (~2 min)
+    python scripts/bench_train.py --quick --data <root>   # a smoke run of every code path; writes no doc
 
-``--readme FILE`` rewrites the ``<!-- bench-train:begin/end -->`` block of FILE (full size only); ``--json``
+``--doc FILE`` (alias ``--readme``) rewrites the ``<!-- bench-train:begin/end -->`` block of FILE, e.g.
+docs/benchmarks.md (full size only); ``--json``
 keeps every figure. The last line is machine-readable:
     bench-train: vs_bare_loop=<(b)/(c)> data_wait=<fraction of (b)'s time> vs_torchvision_loader=<(b)/(a)>
 """
@@ -337,16 +338,17 @@ def parse_args(argv=None):
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("DUALADAM_DATA") or "data"),
                         help="data root holding cifar10/train/<class>/*.jpg (`make data` puts it there)")
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/bench_train.json"))
-    parser.add_argument("--readme", type=Path, default=None, help="rewrite this file's bench-train block")
+    parser.add_argument("--doc", "--readme", dest="doc", type=Path, default=None,
+                        help="rewrite this Markdown file's bench-train block (make bench-train: docs/benchmarks.md)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for all three, e.g. model.kwargs.width=16")
     args = parser.parse_args(argv)
     if not (args.data / "cifar10" / "train").is_dir():
         parser.error(f"{args.data.resolve() / 'cifar10' / 'train'} is missing: run `make data` (unpacks the "
                      "shared CIFAR-10 copy) or pass --data <root>")
-    if args.readme is not None and args.quick:
-        parser.error("--readme takes a full-size run: drop --quick, or drop --readme")
-    if args.readme is not None and not args.readme.is_file():
-        parser.error(f"--readme {args.readme}: no such file")
+    if args.doc is not None and args.quick:
+        parser.error("--doc takes a full-size run: drop --quick, or drop --doc")
+    if args.doc is not None and not args.doc.is_file():
+        parser.error(f"--doc {args.doc}: no such file")
     args.rounds = args.rounds or (3 if args.quick else 25)
     args.steps = args.steps or (2 if args.quick else 4)
     return args
@@ -371,7 +373,7 @@ def main(argv=None) -> None:
     results["summary"] = summarize(measure(pipelines, args.rounds), args.steps * args.batch_size)
     results["loaders_alone"] = loader_rates(pipelines, batches=3 if args.quick else 40)
     results["context"]["load_end"] = load_average()
-    publish(results, BLOCK, render_block(results), args.json, args.readme)
+    publish(results, BLOCK, render_block(results), args.json, args.doc)
     summary = results["summary"]
     print(f"bench-train: vs_bare_loop={summary['vs_bare_loop']['median']:.4f} data_wait={summary['data_wait']:.4f} "
           f"vs_torchvision_loader={summary['vs_torchvision_loader']['median']:.4f}")

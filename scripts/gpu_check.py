@@ -23,8 +23,9 @@ The golden trajectories come from tests/golden.py's default place or ``--golden 
     make gpu-check                                    # on a GPU machine: everything, at full size
     python scripts/gpu_check.py --device cpu          # on a CPU: quick sizes (128 images, tiny bench sets)
 
-Writes ``outputs/gpu_check/gpu_check.json`` after every stage and prints a summary; ``--readme FILE``
-rewrites FILE's ``<!-- gpu-check:begin/end -->`` block from the results.
+Writes ``outputs/gpu_check/gpu_check.json`` after every stage and prints a summary; ``--doc FILE``
+(alias ``--readme``; make gpu-check: docs/benchmarks.md) rewrites FILE's ``<!-- gpu-check:begin/end -->`` block
+from the results.
 """
 
 from __future__ import annotations
@@ -344,12 +345,13 @@ def parse_args(argv=None):
                         "default place otherwise)")
     parser.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES))
     parser.add_argument("--out", type=Path, default=Path("outputs/gpu_check/gpu_check.json"))
-    parser.add_argument("--readme", type=Path, default=None, help="rewrite this file's gpu-check block")
+    parser.add_argument("--doc", "--readme", dest="doc", type=Path, default=None,
+                        help="rewrite this Markdown file's gpu-check block (make gpu-check: docs/benchmarks.md)")
     parser.add_argument("--stage", choices=["golden", "train"], help=argparse.SUPPRESS)  # inside a stage process
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device here; on a CPU use --device cpu")
-    for name, path in (("--data", args.data), ("--golden", args.golden), ("--readme", args.readme)):
+    for name, path in (("--data", args.data), ("--golden", args.golden), ("--doc", args.doc)):
         if path is not None and not path.exists():
             parser.error(f"{name} {path}: no such file or folder")
     args.quick = (args.size or ("full" if args.device.startswith("cuda") else "quick")) == "quick"
@@ -373,7 +375,7 @@ def main(argv=None) -> None:
         results["stages"][name] = STAGES[name](args)
         results["context"]["load_end"] = load_average()
         atomic_write_json(args.out, results, indent=1)   # what is done survives a later stage
-    publish(results, BLOCK, render(results), args.out, args.readme)
+    publish(results, BLOCK, render(results), args.out, args.doc)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""``make tables``: finished runs -> ``<results>/<study>/`` CSVs -> tables, plots and README blocks.
+"""``make tables``: finished runs -> ``<results>/<study>/`` CSVs -> tables, plots and the docs' blocks.
 
-    python scripts/make_tables.py                                  # -> outputs/results/<study>/, no README
+    python scripts/make_tables.py                                  # -> outputs/results/<study>/, no doc
     python scripts/make_tables.py --roots /scratch/me/multirun     # other run directories
     python scripts/make_tables.py --wandb --wandb-entity my-team   # also the W&B API (skipped when offline)
-    python scripts/make_tables.py --committed --readme README.md   # the repository's results/ and README
+    python scripts/make_tables.py --committed                      # the repository's results/ and docs
     python scripts/make_tables.py --committed --no-collect         # only rebuild tables from results/*/runs.csv
     python scripts/make_tables.py --reference adamw                # pair every optimizer with AdamW, not Adam
     python scripts/make_tables.py --target-metric val/acc --target 60   # steps to reach val/acc >= 60
@@ -11,11 +11,13 @@
 A study is the ``logger.group`` a run was launched with (each ``configs/experiment/<study>.yaml`` sets it to
 ``<study>``), else its ``experiment=`` choice; its files go to ``outputs/results/<study>/``, and to the
 repository's committed ``results/<study>/`` only when asked (``--committed``, as the committed studies' make
-targets do, or ``--results <folder>``). README blocks are rewritten only with ``--committed`` or ``--readme``. Runs are merged into the
+targets do, or ``--results <folder>``). Blocks of Markdown files are rewritten only with ``--committed`` (README.md
+and docs/results.md) or ``--doc FILE``. Runs are merged into the
 study's CSVs (a run found again replaces its rows); then every study with a ``runs.csv`` gets ``table.md``,
 ``table.tex``, ``test_acc.png``, ``gap_acc.png``, ``seeds.png``, ``schedules.png``, ``steps_to_target.png`` and
 ``README.md``, and
-every ``<!-- results:<study>:begin/end -->`` block of the ``--readme`` files is rewritten. Each table ends with
+every ``<!-- results:<study>:begin/end -->`` block (the full table) and ``<!-- verdicts:<study>:begin/end -->``
+block (its verdict lines alone, for README.md's findings) of those files is rewritten. Each table ends with
 seed-paired comparisons against the reference (and DualAdam against the matched-warmup control) and their
 verdict lines (docs/statistics.md), then the steps each run took to reach a target (by default the lowest of
 the reference's median final val/acc, or test/acc without a validation split). Each study is labelled with its
@@ -36,7 +38,7 @@ from pathlib import Path
 
 from dualadam.reporting.local_runs import collect_local_runs
 from dualadam.reporting.protocols import tuned_protocol
-from dualadam.reporting.report import fill_readme, load_study, write_study_report
+from dualadam.reporting.report import fill_doc, load_study, write_study_report
 from dualadam.reporting.results_csv import RUNS_FILE, merge_study
 from dualadam.reporting.run_records import study_folder_name
 from dualadam.reporting.statistics import ComparisonPlan
@@ -47,6 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ROOTS = ("outputs", "multirun", "results/runs")
 COMMITTED_RESULTS, OUTPUT_RESULTS = Path("results"), Path("outputs/results")
 TARGET_METRICS = ("val/acc", "test/acc", "train_eval/acc", "val/loss", "test/loss", "train_eval/loss")
+# Where the committed studies are shown: README.md's findings (verdict lines) and the full tables in the guide.
+COMMITTED_DOCS = (Path("README.md"), Path("docs/results.md"))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -56,11 +60,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=None,
                         help=f"where <study>/ folders go (default {OUTPUT_RESULTS}; {COMMITTED_RESULTS} with --committed)")
     parser.add_argument("--committed", action="store_true",
-                        help=f"write the repository's committed {COMMITTED_RESULTS}/<study>/ and README.md blocks")
-    parser.add_argument("--readme", type=Path, action="append", default=None,
-                        help="a Markdown file whose results blocks to rewrite (repeatable; default README.md "
-                             "with --committed, none otherwise)")
-    parser.add_argument("--no-readme", action="store_true", help="rewrite no README block (e.g. make demo)")
+                        help=f"write the repository's committed {COMMITTED_RESULTS}/<study>/ and the blocks of "
+                             f"{' and '.join(str(d) for d in COMMITTED_DOCS)}")
+    parser.add_argument("--doc", "--readme", dest="doc", type=Path, action="append", default=None,
+                        help="a Markdown file whose results and verdicts blocks to rewrite (repeatable; default "
+                             f"{' '.join(str(d) for d in COMMITTED_DOCS)} with --committed, none otherwise)")
+    parser.add_argument("--no-doc", "--no-readme", dest="no_doc", action="store_true",
+                        help="rewrite no Markdown block (e.g. make demo)")
     parser.add_argument("--print", action="store_true", help="print each study's table.md (e.g. make demo)")
     parser.add_argument("--study", action="append", default=None, help="only this study (repeatable)")
     parser.add_argument("--no-collect", action="store_true", help="skip the search; rebuild from the CSVs")
@@ -128,7 +134,7 @@ def report(args: argparse.Namespace) -> None:
         study = replace(load_study(runs_csv.parent), target=target)
         if args.protocol_json is not None and study.name in args.study:
             study = replace(study, protocol=tuned_protocol(json.loads(args.protocol_json.read_text())))
-        studies[runs_csv.parent.name] = study   # every study, for the README blocks
+        studies[runs_csv.parent.name] = study   # every study, for the docs' blocks
     check_reference(args.reference, [s for s in studies.values() if args.study is None or s.name in args.study])
     for study in studies.values():
         if args.study is not None and study.name not in args.study:
@@ -142,11 +148,10 @@ def report(args: argparse.Namespace) -> None:
             print((study.folder / "table.md").read_text())
     if not studies:
         print(f"[tables] no study has results yet (no {args.results}/<study>/{RUNS_FILE})")
-    default_readmes = [Path("README.md")] if args.committed else []
-    readmes = [] if args.no_readme else args.readme if args.readme is not None else default_readmes
-    for readme in readmes:
-        notes = fill_readme(readme, args.results, studies, plan) if readme.is_file() \
-            else [f"{readme}: not found, skipped"]
+    default_docs = list(COMMITTED_DOCS) if args.committed else []
+    docs = [] if args.no_doc else args.doc if args.doc is not None else default_docs
+    for doc in docs:
+        notes = fill_doc(doc, args.results, studies, plan) if doc.is_file() else [f"{doc}: not found, skipped"]
         for note in notes:
             print(f"[tables] {note}")
 

@@ -1,4 +1,4 @@
-"""The README's benchmark blocks have the layout the current scripts write, and the scripts' rendering says
+"""The benchmark blocks of docs/benchmarks.md have the layout the current scripts write, and the scripts' rendering says
 PASS or MISS, timed out or measured, as the figures say. No benchmark runs here: the blocks are parsed."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 from dualadam.reporting.readme_blocks import read_block
 
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text()
+BENCHMARKS_DOC = REPO / "docs" / "benchmarks.md"   # where `make bench-optim` and `make bench-train` write
+BENCHMARKS = BENCHMARKS_DOC.read_text()
 BLOCKS = {"bench_optim": "bench-optim", "bench_train": "bench-train"}
 MEASURED_LINE = re.compile(r"^Measured \d{4}-\d{2}-\d{2} on .+\(\d+ CPUs, \d+ torch thread\(s\)\), torch \S+; "
                            r"load average [\d.]+ at the start, [\d.]+ at the end, by `python scripts/\w+\.py[^`]*` "
@@ -44,10 +45,10 @@ def markdown_tables(text: str) -> list[tuple[str, list[list[str]]]]:
 
 
 @pytest.mark.parametrize("script", BLOCKS)
-def test_readme_benchmark_block_has_the_layout_the_script_writes(script):
+def test_benchmark_block_has_the_layout_the_script_writes(script):
     module = load_script(script)
-    block = read_block(README, BLOCKS[script])
-    assert block is not None, f"README.md has no {BLOCKS[script]} block: run `make {BLOCKS[script]}`"
+    block = read_block(BENCHMARKS, BLOCKS[script])
+    assert block is not None, f"docs/benchmarks.md has no {BLOCKS[script]} block: run `make {BLOCKS[script]}`"
     first = block.splitlines()[0]
     pending = module.render_block(None).splitlines()[0]
     assert first == pending or MEASURED_LINE.match(first), f"not a full-size run's block: run `make {BLOCKS[script]}`"
@@ -56,6 +57,15 @@ def test_readme_benchmark_block_has_the_layout_the_script_writes(script):
     assert [header for header, _ in tables] == [header for header, _ in layout], f"run `make {BLOCKS[script]}`"
     for (_, rows), (_, keys) in zip(tables, layout):
         assert [tuple(row[:len(keys[0])]) for row in rows] == keys, f"run `make {BLOCKS[script]}`"
+
+
+@pytest.mark.parametrize(("script", "block"), [*BLOCKS.items(), ("gpu_check", "gpu-check")])
+def test_make_target_publishes_into_the_doc_that_holds_its_block(script, block):
+    """`make <target>` names the Markdown file its script rewrites; that file has the block's markers."""
+    makefile = (REPO / "Makefile").read_text()
+    found = re.findall(rf"scripts/{script}\.py --doc (\S+)", makefile)
+    assert found == [str(BENCHMARKS_DOC.relative_to(REPO))], f"the Makefile's {script}.py line: {found}"
+    assert read_block((REPO / found[0]).read_text(), block) is not None
 
 
 def test_a_pending_block_claims_no_measurement():

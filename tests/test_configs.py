@@ -318,7 +318,7 @@ def test_bad_input_fails_before_any_data_or_model_naming_key_problem_and_fix(mak
 
 
 def test_naming_another_optimizer_runs_it_with_its_own_defaults():
-    """The README's `model=timm model.name=convnext_atto optimizer.name=lamb`: DualAdam's kwargs (the default
+    """docs/training.md's `model=timm model.name=convnext_atto optimizer.name=lamb`: DualAdam's kwargs (the default
     group's) are not handed to Lamb."""
     cfg = compose_train_config(["model=timm", "model.name=convnext_atto", "optimizer.name=lamb"], fast=False)
     validate_config(cfg)

@@ -1,4 +1,4 @@
-"""The README's "Use the optimizer in your own loop" recipes, each run for real on CPU with a tiny model: HF
+"""docs/optimizer.md's "Use the optimizer in your own loop" recipes, each run for real on CPU with a tiny model: HF
 ``Trainer``, Lightning, ``ZeroRedundancyOptimizer`` on two gloo ranks, and timm's factory.
 
 Each framework run is compared with a plain loop of DualAdam on the same full-batch data, so a recipe that

@@ -30,7 +30,7 @@ from dualadam.reporting.aggregate import build_study_table
 from dualadam.reporting.local_runs import read_local_run
 from dualadam.reporting.readme_blocks import read_block
 from dualadam.reporting.render import optimizer_name
-from dualadam.reporting.report import load_study, study_markdown
+from dualadam.reporting.report import PENDING_BLOCK, load_study, study_markdown, study_verdicts
 from dualadam.reporting.results_csv import read_rows
 from dualadam.reporting.wandb_runs import fetch_wandb_runs, record_from_wandb_run
 from dualadam.train import train
@@ -254,6 +254,12 @@ Text before.
 <!-- results:{FIXTURE_STUDY}:begin -->
 stale numbers typed by hand
 <!-- results:{FIXTURE_STUDY}:end -->
+
+Text between.
+
+<!-- verdicts:{FIXTURE_STUDY}:begin -->
+stale verdicts typed by hand
+<!-- verdicts:{FIXTURE_STUDY}:end -->
 
 Text after.
 """
@@ -521,6 +527,20 @@ def test_readme_block_is_what_make_tables_writes(tables):
     assert f"(results/{FIXTURE_STUDY}/test_acc.png)" in block
 
 
+def test_verdicts_block_holds_the_tables_verdict_lines_alone(tables):
+    readme = (tables / "README.md").read_text()
+    block = read_block(readme, f"verdicts:{FIXTURE_STUDY}")
+    assert "stale verdicts" not in readme and "Text between." in readme and readme.endswith("Text after.\n")
+    table = (tables / "results" / FIXTURE_STUDY / "table.md").read_text().splitlines()
+    verdicts = ("| better |", "| worse |", "| no detectable difference |", "| not compared |")
+    comparisons = [line for line in table if line.startswith("| ") and line.endswith(verdicts)]
+    bullets = [line for line in block.splitlines() if line.startswith("- ")]
+    # one line per comparison of the table, each word for word one of the table's verdict lines
+    assert comparisons and len(bullets) == len(comparisons) and all(line in table for line in bullets)
+    assert [b.split(":")[0] for b in bullets] == [f"- {c.split('|')[1].strip()}" for c in comparisons]
+    assert "|" not in block and f"(results/{FIXTURE_STUDY}/runs.csv)" in block
+
+
 def test_epoch_curves_cover_every_epoch(tables):
     epochs = read_rows(tables / "results" / FIXTURE_STUDY / "epochs.csv")
     completed = {r["run"] for r in read_rows(tables / "results" / FIXTURE_STUDY / "runs.csv")
@@ -528,17 +548,25 @@ def test_epoch_curves_cover_every_epoch(tables):
     assert sorted({e[EPOCH] for e in epochs if e["run"] in completed}) == [1, 2]
 
 
-REPO_README_BLOCKS = re.findall(r"<!-- results:([^\s>]+):begin -->", (REPO / "README.md").read_text())
+REPO_DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+REPO_STUDY_BLOCKS = [(doc, kind, study) for doc in REPO_DOCS
+                     for kind, study in re.findall(r"<!-- (results|verdicts):([^\s>]+):begin -->", doc.read_text())]
 
 
-@pytest.mark.skipif(not REPO_README_BLOCKS, reason="README.md has no results blocks yet")
-@pytest.mark.parametrize("study", REPO_README_BLOCKS)
-def test_repository_readme_blocks_match_the_committed_results(study):
-    """The README's numbers are the committed results/<study>/ CSVs, rendered; never typed by hand."""
+@pytest.mark.skipif(not REPO_STUDY_BLOCKS, reason="README.md and docs/ have no study blocks yet")
+@pytest.mark.parametrize(("doc", "kind", "study"), REPO_STUDY_BLOCKS,
+                         ids=[f"{d.relative_to(REPO)}:{k}:{s}" for d, k, s in REPO_STUDY_BLOCKS])
+def test_repository_doc_blocks_match_the_committed_results(doc, kind, study):
+    """The numbers of README.md and docs/ are the committed results/<study>/ CSVs, rendered; never typed by
+    hand. A study not yet run holds the fixed pending line, which has no number."""
     folder = REPO / "results" / study
-    assert (folder / "runs.csv").is_file(), f"README.md has a results block for {study} but no {folder}/runs.csv"
-    block = read_block((REPO / "README.md").read_text(), f"results:{study}")
-    assert block == study_markdown(load_study(folder), REPO).strip("\n"), "run `make tables`"
+    block = read_block(doc.read_text(), f"{kind}:{study}")
+    if not (folder / "runs.csv").is_file():
+        assert block == PENDING_BLOCK.format(study=study), f"{doc.name} has a {kind} block for {study} but no " \
+            f"{folder}/runs.csv: leave the pending line there until `make tables` writes the block"
+        return
+    render = study_markdown if kind == "results" else study_verdicts
+    assert block == render(load_study(folder), doc.parent).strip("\n"), "run `make tables`"
 
 
 # ------------------------------------------------------------------------------------------ the cost estimate

@@ -121,9 +121,9 @@ def make_tables(protocol: Protocol, confirm: Stage, record_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("make_tables", MAKE_TABLES)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    readme = ["--readme", protocol.readme] if protocol.readme else ["--no-readme"]
+    docs = [arg for doc in protocol.docs for arg in ("--doc", doc)] or ["--no-doc"]
     module.main(["--roots", str(confirm.sweep_dir), "--study", protocol.study,
-                 "--results", str(protocol.results.parent), "--protocol-json", str(record_path), *readme])
+                 "--results", str(protocol.results.parent), "--protocol-json", str(record_path), *docs])
 
 
 def run_protocol(protocol: Protocol, launch: Launch) -> dict:

@@ -31,7 +31,7 @@ class Protocol:
     sampler: dict                    # the hparams_search block: sampler name, seed, options
     folder: Path                     # <compare.folder>/<study>
     results: Path                    # <compare.results>/<study>
-    readme: str | None
+    docs: tuple[str, ...]             # Markdown files whose results/verdicts blocks the report rewrites
     tune_overrides: tuple[str, ...]
     confirm_overrides: tuple[str, ...]
     search_space_changes: dict
@@ -76,6 +76,12 @@ def _check_budget(c: DictConfig) -> None:
                     "needs fresh seeds", "Remove it, or change compare.tune_seed")
 
 
+def _check_docs(docs) -> None:
+    if not (OmegaConf.is_list(docs) and all(isinstance(d, str) and d for d in docs)):
+        raise _fail("compare.docs", docs, "expected a list of Markdown file paths",
+                    "e.g. compare.docs=[README.md,docs/results.md], or compare.docs=[] for none")
+
+
 def _check_metric(metric: str) -> None:
     recorded = (*EPOCH_METRIC_KEYS, *VALIDATION_METRIC_KEYS)
     if metric not in recorded:
@@ -98,6 +104,7 @@ def read_protocol(cfg: DictConfig, study: str, config_dir: Path) -> Protocol:
     _check_optimizers(list(c.optimizers), config_dir)
     _check_budget(c)
     _check_metric(c.metric)
+    _check_docs(c.get("docs", []))
     _check_sampler(cfg.get("hparams_search"))
     changes = OmegaConf.to_container(c.search_spaces, resolve=True)
     unknown = sorted(set(changes) - set(c.optimizers))
@@ -108,6 +115,7 @@ def read_protocol(cfg: DictConfig, study: str, config_dir: Path) -> Protocol:
         study=study, optimizers=tuple(c.optimizers), trials=c.trials, tune_seed=c.tune_seed,
         confirm_seeds=tuple(c.confirm_seeds), metric=c.metric, parallel=c.parallel,
         sampler=OmegaConf.to_container(cfg.hparams_search, resolve=True),
-        folder=Path(c.folder) / study, results=Path(c.results) / study, readme=c.readme,
+        folder=Path(c.folder) / study, results=Path(c.results) / study,
+        docs=(*([c.readme] if c.get("readme") else []), *c.get("docs", [])),
         tune_overrides=tuple(c.tune_overrides),
         confirm_overrides=tuple(c.get("confirm_overrides") or ()), search_space_changes=changes)

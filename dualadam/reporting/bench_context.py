@@ -1,7 +1,7 @@
 """What a benchmark's figures depend on besides the code: date, machine, load, torch build, device.
 
 The benchmark scripts (``scripts/bench_*.py``, ``scripts/gpu_check.py``) record this dict next to their
-figures and open their README block with ``describe(context)``, so a reader can tell where a number came from.
+figures and open their docs block with ``describe(context)``, so a reader can tell where a number came from.
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ def describe(context: dict) -> str:
             f"{context['load_start']} at the start{end}")
 
 
-def publish(results: dict, name: str, text: str, json_path: Path, readme: Path | None) -> None:
-    """Print ``text`` (the rendered block), write ``results`` to ``json_path`` atomically and, with ``readme``,
+def publish(results: dict, name: str, text: str, json_path: Path, doc: Path | None) -> None:
+    """Print ``text`` (the rendered block), write ``results`` to ``json_path`` atomically and, with ``doc`` (a Markdown file),
     rewrite its ``<!-- name:begin/end -->`` block with ``text``: one way out for every benchmark's figures."""
     from dualadam.atomic_files import atomic_write_json
     from dualadam.reporting.readme_blocks import rewrite_block
 
     print("\n" + text)
     atomic_write_json(Path(json_path), results, indent=1)
-    if readme is not None:
-        rewrite_block(readme, name, text)
-        print(f"rewrote the {name} block of {readme}")
+    if doc is not None:
+        rewrite_block(doc, name, text)
+        print(f"rewrote the {name} block of {doc}")

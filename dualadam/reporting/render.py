@@ -222,6 +222,13 @@ def comparison_notes(found: StudyComparisons, table: StudyTable) -> list[str]:
     return notes
 
 
+def verdict_lines(found: StudyComparisons) -> str:
+    """One Markdown bullet per comparison: its verdict and the numbers it rests on."""
+    names = {c.candidate: optimizer_name(c.candidate) for c in found.comparisons}
+    names |= {c.baseline: optimizer_name(c.baseline) for c in found.comparisons}
+    return "\n".join(f"- {verdict_line(c, found.metric, names, found.family_size)}" for c in found.comparisons)
+
+
 def paired_comparisons_section(found: StudyComparisons, table: StudyTable) -> str:
     """The comparisons as a table, one verdict line each, and the notes on the pairs."""
     if not found.comparisons:
@@ -229,10 +236,7 @@ def paired_comparisons_section(found: StudyComparisons, table: StudyTable) -> st
                 f"the reference, {optimizer_name(found.plan.reference)}, with this metric (`make tables "
                 "TABLES_ARGS=\"--reference <optimizer>\"` picks another), or no other optimizer.")
     intro = comparisons_intro(found, bool(table.grouping_keys))
-    names = {c.candidate: optimizer_name(c.candidate) for c in found.comparisons}
-    names |= {c.baseline: optimizer_name(c.baseline) for c in found.comparisons}
-    lines = [f"- {verdict_line(c, found.metric, names, found.family_size)}" for c in found.comparisons]
-    parts = [intro, comparisons_table(found), "\n".join(lines)]
+    parts = [intro, comparisons_table(found), verdict_lines(found)]
     notes = comparison_notes(found, table)
     if notes:
         parts += ["Notes on the pairs:", "\n".join(f"- {note}" for note in notes)]
