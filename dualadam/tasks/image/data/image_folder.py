@@ -37,9 +37,9 @@ from dualadam.atomic_files import atomic_write_text
 from dualadam.tasks.image.data.decoding import decode_images, fit_to_size
 from dualadam.tasks.image.data.folders import IMAGE_SUFFIXES, scan_image_folder
 from dualadam.tasks.image.data.info import NORMALIZATIONS, Normalization
-from dualadam.tasks.image.data.loaders import mix_seed
 from dualadam.tasks.image.data.pixel_cache import CACHE_FOLDER, cache_key
 from dualadam.tasks.image.data.sources import ArrayImages, FileImages, decode_rgb
+from dualadam.training.epoch_order import mix_seed
 
 log = logging.getLogger(__name__)
 
