@@ -119,7 +119,7 @@ def test_without_val_size_there_is_no_validation_loader_and_every_image_trains(l
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"val_size": 0}, r"dataset\.val_size must be a positive integer"),
+    ({"val_size": 0}, r"dataset\.val_size=0 is invalid"),
     ({"val_size": TRAIN_SIZE}, r"dataset\.val_size=200 leaves 0"),
     ({"val_size": 150, "train_subset": 100}, r"dataset\.val_size=150 leaves 50 .* at least 100"),
 ])

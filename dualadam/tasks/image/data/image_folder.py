@@ -33,7 +33,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
-from dualadam.atomic_files import atomic_write_text
+from dualadam.atomic_files import atomic_write_json
 from dualadam.tasks.image.data.decoding import decode_images, fit_to_size
 from dualadam.tasks.image.data.folders import IMAGE_SUFFIXES, scan_image_folder
 from dualadam.tasks.image.data.info import NORMALIZATIONS, Normalization
@@ -130,7 +130,7 @@ def _cached_json(folder: Path, name: str, measure) -> dict:
     result = measure()
     try:
         path.parent.mkdir(exist_ok=True)
-        atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+        atomic_write_json(path, result, indent=1)
     except OSError as error:
         log.warning("could not cache %s (%s); the next run measures again", path, error)
     return result
