@@ -336,6 +336,12 @@ def test_unknown_config_choice_is_hydras_error_listing_the_options():
     assert "dualadam" in str(raised.value) and "adamw" in str(raised.value)
 
 
+def test_an_unknown_task_is_hydras_error_listing_the_tasks():
+    with pytest.raises(MissingConfigException) as raised:
+        compose_train_config(["task=segmentation"])
+    assert "image_classification" in str(raised.value) and "llm_finetune" in str(raised.value)
+
+
 def test_validation_accepts_a_finite_float_lr_only():
     cfg = compose_train_config(["optimizer.lr=nan"])
     assert math.isnan(cfg.optimizer.lr)
