@@ -70,8 +70,8 @@ def tuned_protocol(record: dict) -> StudyProtocol:
     text = (f"**Protocol: {short}.** Each optimizer was tuned with the same budget: {trials} {sampler} trials "
             f"at seed {budget.get('tune_seed', '?')}, scored by the final-epoch `{metric}` on data held out of "
             f"training; its best trial was rerun at {n} fresh seeds ({seeds}), the runs in this table. The test "
-            f"set is read only for what was selected. Trials, search spaces and selections: "
-            f"[`{PROTOCOL_FILE}`]({PROTOCOL_FILE}).")
+            f"set is read only for what was selected. Trials, search spaces and selections: the study's "
+            f"`{PROTOCOL_FILE}`, next to its tables.")
     return StudyProtocol(short, text)
 
 
