@@ -166,7 +166,7 @@ def test_a_study_with_a_compare_protocol_record_is_labelled_tuned(tmp_path):
         "score": {"metric": "val/acc"}, "sampler": {"sampler": "quasi_random", "seed": 0}}))
     study = load_study(folder)
     assert study.protocol.short == "tuned: 6 trials/optimizer on a validation split (val/acc), 5 confirming seeds"
-    assert "quasi_random trials at seed 0" in study.protocol.text and "(protocol.json)" in study.protocol.text
+    assert "quasi_random trials at seed 0" in study.protocol.text and "`protocol.json`, next to its tables" in study.protocol.text
 
 
 def make_tables_module():
