@@ -6,6 +6,8 @@ uses the aot_eager backend, which functionalizes like inductor does but generate
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -140,4 +142,42 @@ def test_fused_blend_follows_a_param_whose_data_is_replaced():
         return params
 
     for a, b in zip(run(fused=True), run(foreach=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_blend_calls_its_compiled_code_without_dynamo_after_the_first_step(monkeypatch):
+    """After the first step the compiled chunk kernel is called directly (``direct_compile.py``): with dynamo's
+    entry point made to fail, later steps still run, and match the foreach path."""
+    from dualadam.optim import functional
+
+    monkeypatch.setattr(functional, "_compiled_blend_step", None)  # a fresh DirectCompiled for this test
+    monkeypatch.setattr(functional, "_compile_failed", False)
+
+    def run(after_first_step=lambda: None, **kwargs):
+        g = torch.Generator().manual_seed(2)
+        params = [torch.randn(s, generator=g).requires_grad_() for s in [(6, 3), (11,), (2, 2, 5)]]
+        opt = DualAdam(params, lr=1e-2, weight_decay=0.1, switch_rate=0.01, **kwargs)
+        for t in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+            if t == 0:
+                after_first_step()
+        return params
+
+    def forbid_dynamo():
+        compiled = functional._get_compiled_blend_step()
+        signature = ((False,), torch.device("cpu"), torch.float32)
+        assert compiled.directly_callable(signature)
+
+        def through_dynamo(*args, **kwargs):
+            raise AssertionError("the fused blend went through dynamo after its first step")
+        monkeypatch.setattr(compiled, "_traced", through_dynamo)
+
+    # A failing call would be caught and sent the foreach way with a RuntimeWarning: make that an error.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fused = run(forbid_dynamo, fused=True)
+    assert not functional._compile_failed
+    for a, b in zip(fused, run(foreach=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

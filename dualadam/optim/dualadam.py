@@ -39,6 +39,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from dualadam.optim.functional import (
     BlendBuffers,
@@ -290,6 +291,14 @@ class DualAdam(Optimizer):
     def _eager_update(self, group, count, alpha, params, grads, exp_avgs, exp_avg_sqs, steps) -> None:
         # Lists by (device, dtype) for the multi-tensor kernels, and by step count, which differs between
         # parameters only with per-parameter bias correction (and then only for late joiners).
+        if group["bias_correction"] == "global":
+            # One count for all: torch.optim's own grouping, in C++ (a Python loop over a 240-tensor LoRA set
+            # cost ~0.15 ms a step, 7% of torch's fused Adam step).
+            s = self._scalars(group, count, alpha, eager=True)
+            for (device, dtype), (tensors, _) in _group_tensors_by_device_and_dtype(
+                    [params, grads, exp_avgs, exp_avg_sqs]).items():
+                self._update(group, tensors, s, device, dtype)
+            return
         buckets: dict = defaultdict(lambda: ([], [], [], []))
         counts = {id(group["step"]): count}
         counts.update((id(s), self._host_counts.advanced(s)) for s in steps if id(s) not in counts)
