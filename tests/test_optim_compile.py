@@ -7,6 +7,7 @@ uses the aot_eager backend, which functionalizes like inductor does but generate
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -180,4 +181,36 @@ def test_fused_blend_calls_its_compiled_code_without_dynamo_after_the_first_step
         fused = run(forbid_dynamo, fused=True)
     assert not functional._compile_failed
     for a, b in zip(fused, run(foreach=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_blend_lets_go_of_the_grads_and_follows_a_change_of_maximize(monkeypatch):
+    """The fused blend's bound calls (``direct_compile.BoundCall``) keep the params' and moments' inputs from
+    step to step, never the grads: a grad set to None after the step is freed. Turning on ``maximize``
+    mid-run switches to the other compiled code, still matching the foreach path."""
+    from dualadam.optim import functional
+
+    monkeypatch.setattr(functional, "_compiled_blend_step", None)
+    monkeypatch.setattr(functional, "_compile_failed", False)
+
+    def run(check_freed, **kwargs):
+        g = torch.Generator().manual_seed(3)
+        params = [torch.randn(s, generator=g).requires_grad_() for s in [(4, 5), (7,), (3, 1, 2)]]
+        opt = DualAdam(params, lr=1e-2, switch_rate=0.01, **kwargs)
+        for t in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.param_groups[0]["maximize"] = t >= 3
+            opt.step()
+            grads = [weakref.ref(p.grad) for p in params]
+            opt.zero_grad(set_to_none=True)
+            if check_freed:
+                assert all(grad() is None for grad in grads), f"a grad outlived zero_grad after step {t + 1}"
+        return params
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fused = run(True, fused=True)
+    assert not functional._compile_failed
+    for a, b in zip(fused, run(False, foreach=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -23,11 +23,18 @@ not requiring grad, no two inputs sharing memory, and the dtypes, device and the
 make up the signature. Dynamo's own shape guards for this function are empty (``use_duck_shape=False``
 while tracing, so equal lengths do not become one symbol). Anything the input order cannot be read from
 leaves that signature on the ordinary dynamo path: slower, never wrong.
+
+Bound calls. A caller that calls again and again with mostly the same tensors (the fused blend: the same
+params and moments every step, new grads) binds the call once (``bind``): the input list is built once and
+only the tensors that change are put in before each call (``BoundCall``). A tensor put in that way may be
+any contiguous tensor with the dtype, device and number of elements of the one it replaces, of any rank:
+the generated code reads a tensor input only through its data pointer (size asserts are off), so the
+caller is spared a 1-D view per tensor per step (~1 us each, 0.25 ms a step for 240 LoRA tensors).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 from torch import Tensor
@@ -76,12 +83,50 @@ class DirectCompiled:
             self._traced(tensors, constants)
         if self._last_compiled is not None:  # None: dynamo reused a graph it had compiled before
             gm, example_inputs, compiled = self._last_compiled
+            self._last_compiled = None  # it holds this call's tensors (a step's grads)
             order = _input_order(gm, example_inputs, tensors)
             if order is not None:
                 self._direct[signature] = (compiled, order)
 
     def directly_callable(self, signature: Hashable) -> bool:
         return signature in self._direct
+
+    def bind(self, tensors: list[Tensor], signature: Hashable, swapped: Sequence[int]) -> BoundCall | None:
+        """After a first call with ``signature``: the compiled code bound to ``tensors``, for a caller that
+        calls it again with the tensors at the indices ``swapped`` replaced (see ``BoundCall``); None while
+        the signature is not directly callable."""
+        direct = self._direct.get(signature)
+        if direct is None:
+            return None
+        compiled, order = direct
+        inputs = [tensors[i].shape[0] if is_length else tensors[i] for i, is_length in order]
+        position = {i: pos for pos, (i, is_length) in enumerate(order) if not is_length}
+        if any(i not in position for i in swapped):
+            return None
+        return BoundCall(compiled, inputs, [position[i] for i in swapped])
+
+
+class BoundCall:
+    """The compiled code with its inputs in place, called with replacements for a few of them: each one
+    contiguous, with the dtype, device and number of elements of the tensor it replaces (the caller checks).
+    The replacements are let go after the call, so a bound call does not keep freed grads alive."""
+
+    __slots__ = ("_compiled", "_inputs", "_positions")
+
+    def __init__(self, compiled: Callable, inputs: list, positions: list[int]):
+        self._compiled, self._inputs, self._positions = compiled, inputs, positions
+        for pos in positions:
+            inputs[pos] = None
+
+    def __call__(self, replacements: Sequence[Tensor]) -> None:
+        inputs = self._inputs
+        for pos, tensor in zip(self._positions, replacements):
+            inputs[pos] = tensor
+        try:
+            self._compiled(*inputs)
+        finally:
+            for pos in self._positions:
+                inputs[pos] = None
 
 
 def _input_order(gm: torch.fx.GraphModule, example_inputs: list, tensors: list[Tensor]):

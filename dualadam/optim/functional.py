@@ -231,7 +231,9 @@ def _is_dense(t: Tensor) -> bool:
 
 def _alias_1d(t: Tensor, alias: Tensor | None = None) -> Tensor:
     # A 1-D alias of t's (dense) memory, made with set_ rather than view: dynamo guards on a view's base,
-    # its rank and sizes, which would cost a graph per rank. Reusing ``alias`` saves an allocation.
+    # its rank and sizes, which would cost a graph per rank, and cannot trace a mutation of a view made under
+    # no_grad of a param that requires grad (a second graph, e.g. after ``maximize`` changed, failed so).
+    # Reusing ``alias`` saves an allocation.
     alias = torch.empty(0, dtype=t.dtype, device=t.device) if alias is None else alias
     return alias.set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
@@ -278,8 +280,9 @@ class BlendBuffers:
 
 class _ChunkPlan:
     """One list of contiguous params cut into chunks for the compiled call: per chunk its argument list with
-    the 1-D views of p, m, v, the padding and the coefficients in place; only the grad slots change from step
-    to step. Valid while the params' memory and their state tensors stay the same."""
+    the 1-D aliases of p, m, v, the padding and the coefficients in place; only the grads change from step to
+    step. Once the compiled code is directly callable a chunk keeps it as a ``BoundCall`` that takes the
+    grads as they are. Valid while the params' memory and their state tensors stay the same."""
 
     def __init__(self, params, exp_avgs, exp_avg_sqs, buffers: BlendBuffers):
         self.params_ptrs = [p.data_ptr() for p in params]
@@ -290,49 +293,60 @@ class _ChunkPlan:
             pad = buffers.padding[stop - start:]
             args = []
             for k, tensors in enumerate((params, None, exp_avgs, exp_avg_sqs)):
-                args += [None] * (stop - start) if tensors is None else [t.view(-1) for t in tensors[start:stop]]
+                args += [None] * (stop - start) if tensors is None else [_alias_1d(t) for t in tensors[start:stop]]
                 args += [slot[k] for slot in pad]
             self.args.append(args + buffers.scalars)
             self.grad_slots.append((start, stop))
+        self.bound_signature = None
 
     def valid(self, params, exp_avgs, exp_avg_sqs) -> bool:
         return ([p.data_ptr() for p in params] == self.params_ptrs
                 and all(map(operator.is_, exp_avgs, self.exp_avgs))
                 and all(map(operator.is_, exp_avg_sqs, self.exp_avg_sqs)))
 
-    def with_grads(self, grads) -> list[list[Tensor]]:
-        flat = [g.view(-1) for g in grads]
-        for args, (start, stop) in zip(self.args, self.grad_slots):
-            args[CHUNK:CHUNK + stop - start] = flat[start:stop]
-        return self.args
+    def run(self, grads, compiled: DirectCompiled, constants: tuple, signature) -> None:
+        """One step: every chunk's compiled call. A chunk not yet bound is called with 1-D aliases of its grads
+        (its first call compiles, or finds the graph compiled) and bound after."""
+        if signature != self.bound_signature:  # e.g. ``maximize`` changed: other compiled code
+            self.bound, self.bound_signature = [None] * len(self.args), signature
+        for i, (start, stop) in enumerate(self.grad_slots):
+            self.chunks_run = i  # where a failing call leaves the step (``compiled_blend_step`` goes on there)
+            bound = self.bound[i]
+            if bound is not None:
+                bound(grads[start:stop])
+                continue
+            args = self.args[i]
+            args[CHUNK:CHUNK + stop - start] = [_alias_1d(g) for g in grads[start:stop]]
+            try:
+                compiled(args, constants, signature)
+                self.bound[i] = compiled.bind(args, signature, range(CHUNK, CHUNK + stop - start))
+            finally:
+                args[CHUNK:CHUNK + stop - start] = [None] * (stop - start)  # do not keep the grads alive
 
 
-def plan_chunks(params, grads, exp_avgs, exp_avg_sqs, buffers: BlendBuffers) -> list[list[Tensor]] | None:
+def plan_chunks(params, grads, exp_avgs, exp_avg_sqs, buffers: BlendBuffers) -> _ChunkPlan | None:
     """The common case of a step, with no per-tensor sorting: every param, moment and grad contiguous and of
-    the params' dtype, every param of 2 to ``MAX_DIRECT_NUMEL`` elements. Then the compiled calls' argument
-    lists, else None (``compiled_blend_step`` then sorts the tensors one by one)."""
-    if not all(g.is_contiguous() and g.dtype == buffers.dtype for g in grads):
+    the params' dtype, every param of 2 to ``MAX_DIRECT_NUMEL`` elements. Then the chunk plan for this list
+    of params, else None (``compiled_blend_step`` then sorts the tensors one by one). A grad always has its
+    param's shape, dtype and device (autograd and ``Tensor.grad``'s setter enforce it), not its layout."""
+    if not all(map(Tensor.is_contiguous, grads)):
         return None
     key = tuple(map(id, params))
     plan = buffers.plans.get(key)
     if plan is None or not plan.valid(params, exp_avgs, exp_avg_sqs):
         if not all(2 <= p.numel() <= MAX_DIRECT_NUMEL and p.is_contiguous() and m.is_contiguous()
-                   and v.is_contiguous() and m.dtype == v.dtype == buffers.dtype
-                   for p, m, v in zip(params, exp_avgs, exp_avg_sqs)):
+                   and v.is_contiguous() and p.dtype == m.dtype == v.dtype == g.dtype == buffers.dtype
+                   for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs)):
             return None
         plan = buffers.plans[key] = _ChunkPlan(params, exp_avgs, exp_avg_sqs, buffers)
-    return plan.with_grads(grads)
+    return plan
 
 
 def _chunk_calls(params, grads, exp_avgs, exp_avg_sqs, buffers: BlendBuffers):
-    """The compiled calls' argument lists, each with the (p, g, m, v) it updates, and the (p, g, m, v) that
-    must go the foreach way."""
-    tensors = list(zip(params, grads, exp_avgs, exp_avg_sqs))
-    planned = plan_chunks(params, grads, exp_avgs, exp_avg_sqs, buffers)
-    if planned is not None:
-        return [(args, tensors[i * CHUNK:(i + 1) * CHUNK]) for i, args in enumerate(planned)], []
+    """Where the params are not all planned: the compiled calls' argument lists, each with the (p, g, m, v)
+    it updates, and the (p, g, m, v) that must go the foreach way."""
     flat, leftover = [], []
-    for four in tensors:
+    for four in zip(params, grads, exp_avgs, exp_avg_sqs):
         aliases = buffers.flat(*four)
         if aliases is None:
             leftover.append(four)
@@ -350,21 +364,29 @@ def compiled_blend_step(params, grads, exp_avgs, exp_avg_sqs, s: StepScalars, bu
     """The blend, one compiled pass per chunk of tensors; falls back to ``foreach_step`` where it must."""
     global _compile_failed
     buffers.update(s)
+    tensors = list(zip(params, grads, exp_avgs, exp_avg_sqs))
     if _compile_failed:
-        calls, leftover = [], list(zip(params, grads, exp_avgs, exp_avg_sqs))
-    else:
-        calls, leftover = _chunk_calls(params, grads, exp_avgs, exp_avg_sqs, buffers)
+        foreach_step(params, grads, exp_avgs, exp_avg_sqs, s)
+        return
+    compiled = _get_compiled_blend_step()
     constants = (s.maximize,)
     signature = (constants, buffers.device, buffers.dtype)  # every tensor of a call has the params' dtype
-    for i, (args, _) in enumerate(calls):
-        try:
-            _get_compiled_blend_step()(args, constants, signature)
-        except Exception as err:  # no C++ compiler, unsupported backend, ...: stay correct, lose speed
-            # Compilation fails before the graph runs, so this chunk and those after it are untouched.
-            _compile_failed = True
-            warnings.warn(f"DualAdam(fused=True) could not compile its blend step ({type(err).__name__}: "
-                          f"{err}); using the foreach path instead.", RuntimeWarning, stacklevel=3)
+    plan = plan_chunks(params, grads, exp_avgs, exp_avg_sqs, buffers)
+    calls, leftover = ([], []) if plan is not None else _chunk_calls(params, grads, exp_avgs, exp_avg_sqs, buffers)
+    i = 0
+    try:
+        if plan is not None:
+            plan.run(grads, compiled, constants, signature)
+        for i, (args, _) in enumerate(calls):
+            compiled(args, constants, signature)
+    except Exception as err:  # no C++ compiler, unsupported backend, ...: stay correct, lose speed
+        # Compilation fails before the graph runs, so the failing chunk and those after it are untouched.
+        _compile_failed = True
+        warnings.warn(f"DualAdam(fused=True) could not compile its blend step ({type(err).__name__}: "
+                      f"{err}); using the foreach path instead.", RuntimeWarning, stacklevel=3)
+        if plan is not None:
+            leftover = tensors[plan.grad_slots[plan.chunks_run][0]:]
+        else:
             leftover += [four for _, fours in calls[i:] for four in fours]
-            break
     if leftover:
         foreach_step(*map(list, zip(*leftover)), s)
