@@ -309,13 +309,13 @@ def test_old_checkpoint_without_step_defaults_sensibly():
 
 def test_fused_falls_back_to_foreach_when_compilation_is_impossible(monkeypatch):
     """E.g. no C++ compiler: the step must warn once and stay exactly the foreach update."""
-    from dualadam.optim import functional
+    from dualadam.optim import fused_blend
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError("simulated: no working C++ compiler")
 
-    monkeypatch.setattr(functional, "_compiled_blend_step", no_compiler)
-    monkeypatch.setattr(functional, "_compile_failed", False)
+    monkeypatch.setattr(fused_blend, "_compiled_blend_step", no_compiler)
+    monkeypatch.setattr(fused_blend, "_compile_failed", False)
     with pytest.warns(RuntimeWarning, match="could not compile"):
         fused, _ = _run_path(dict(fused=True), torch.float64)
     foreach, _ = _run_path(dict(foreach=True), torch.float64)

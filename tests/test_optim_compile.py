@@ -149,10 +149,10 @@ def test_fused_blend_follows_a_param_whose_data_is_replaced():
 def test_fused_blend_calls_its_compiled_code_without_dynamo_after_the_first_step(monkeypatch):
     """After the first step the compiled chunk kernel is called directly (``direct_compile.py``): with dynamo's
     entry point made to fail, later steps still run, and match the foreach path."""
-    from dualadam.optim import functional
+    from dualadam.optim import fused_blend
 
-    monkeypatch.setattr(functional, "_compiled_blend_step", None)  # a fresh DirectCompiled for this test
-    monkeypatch.setattr(functional, "_compile_failed", False)
+    monkeypatch.setattr(fused_blend, "_compiled_blend_step", None)  # a fresh DirectCompiled for this test
+    monkeypatch.setattr(fused_blend, "_compile_failed", False)
 
     def run(after_first_step=lambda: None, **kwargs):
         g = torch.Generator().manual_seed(2)
@@ -167,7 +167,7 @@ def test_fused_blend_calls_its_compiled_code_without_dynamo_after_the_first_step
         return params
 
     def forbid_dynamo():
-        compiled = functional._get_compiled_blend_step()
+        compiled = fused_blend._get_compiled_blend_step()
         signature = ((False,), torch.device("cpu"), torch.float32)
         assert compiled.directly_callable(signature)
 
@@ -179,7 +179,7 @@ def test_fused_blend_calls_its_compiled_code_without_dynamo_after_the_first_step
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         fused = run(forbid_dynamo, fused=True)
-    assert not functional._compile_failed
+    assert not fused_blend._compile_failed
     for a, b in zip(fused, run(foreach=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -188,10 +188,10 @@ def test_fused_blend_lets_go_of_the_grads_and_follows_a_change_of_maximize(monke
     """The fused blend's bound calls (``direct_compile.BoundCall``) keep the params' and moments' inputs from
     step to step, never the grads: a grad set to None after the step is freed. Turning on ``maximize``
     mid-run switches to the other compiled code, still matching the foreach path."""
-    from dualadam.optim import functional
+    from dualadam.optim import fused_blend
 
-    monkeypatch.setattr(functional, "_compiled_blend_step", None)
-    monkeypatch.setattr(functional, "_compile_failed", False)
+    monkeypatch.setattr(fused_blend, "_compiled_blend_step", None)
+    monkeypatch.setattr(fused_blend, "_compile_failed", False)
 
     def run(check_freed, **kwargs):
         g = torch.Generator().manual_seed(3)
@@ -211,6 +211,85 @@ def test_fused_blend_lets_go_of_the_grads_and_follows_a_change_of_maximize(monke
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         fused = run(True, fused=True)
-    assert not functional._compile_failed
+    assert not fused_blend._compile_failed
+    for a, b in zip(fused, run(False, foreach=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_blend_puts_tensors_of_several_groups_in_one_chunk(monkeypatch):
+    """Three param groups (their own lr and weight decay; one bias-corrected per parameter, with a param that
+    first gets a gradient at step 3): one compiled call per step for their 15 tensors, not one per group
+    or step count, and the foreach path's trajectory."""
+    from dualadam.optim import direct_compile, fused_blend
+
+    monkeypatch.setattr(fused_blend, "_compiled_blend_step", None)
+    monkeypatch.setattr(fused_blend, "_compile_failed", False)
+    calls = []
+    for cls in (direct_compile.DirectCompiled, direct_compile.BoundCall):
+        original = cls.__call__
+        monkeypatch.setattr(cls, "__call__", lambda self, *a, _original=original, **k: (calls.append(1),
+                                                                                           _original(self, *a, **k)))
+
+    def run(count_calls, **kwargs):
+        g = torch.Generator().manual_seed(4)
+        params = [torch.randn(3, i + 2, generator=g).requires_grad_() for i in range(15)]
+        opt = DualAdam([{"params": params[:5], "lr": 1e-2, "weight_decay": 0.1},
+                        {"params": params[5:10], "lr": 3e-3},
+                        {"params": params[10:], "lr": 2e-2, "bias_correction": "per_parameter"}],
+                       switch_rate=0.01, **kwargs)
+        for t in range(5):
+            for p in params[:-1] if t < 2 else params:
+                p.grad = torch.randn(p.shape, generator=g)
+            calls.clear()
+            opt.step()
+            if count_calls:
+                assert len(calls) == 1, f"step {t + 1}: {len(calls)} compiled calls for 15 tensors"
+        return params
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fused = run(True, fused=True)
+    assert not fused_blend._compile_failed
+    for a, b in zip(fused, run(False, foreach=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_blend_binds_channels_last_params_and_checks_each_grads_layout(monkeypatch):
+    """channels_last conv weights (the suite's layout on CUDA) take the bound calls like contiguous params do,
+    reading each grad in its param's memory order; a step whose grad is laid out otherwise goes the
+    per-tensor way instead (a bound call would read it in the wrong order). Both match the foreach path."""
+    from dualadam.optim import direct_compile, fused_blend
+
+    monkeypatch.setattr(fused_blend, "_compiled_blend_step", None)
+    monkeypatch.setattr(fused_blend, "_compile_failed", False)
+    calls = []
+    for cls in (direct_compile.DirectCompiled, direct_compile.BoundCall):
+        original = cls.__call__
+        monkeypatch.setattr(cls, "__call__", lambda self, *a, _original=original, _name=cls.__name__, **k: (
+            calls.append(_name), _original(self, *a, **k)))
+
+    def run(count_calls, **kwargs):
+        g = torch.Generator().manual_seed(5)
+        convs = [torch.randn(4, 3, 3, 3, generator=g).to(memory_format=torch.channels_last).requires_grad_()
+                 for _ in range(3)]
+        biases = [torch.randn(4, generator=g).requires_grad_() for _ in range(2)]
+        opt = DualAdam([{"params": convs, "weight_decay": 0.1}, {"params": biases, "lr": 3e-2}], lr=1e-2,
+                       switch_rate=0.01, **kwargs)
+        for t in range(5):
+            for p in convs:  # autograd's layout (channels_last) for 4 steps, then a contiguous grad
+                p.grad = torch.randn(p.shape, generator=g).to(memory_format=torch.channels_last if t < 4 else
+                                                              torch.contiguous_format)
+            for p in biases:
+                p.grad = torch.randn(p.shape, generator=g)
+            calls.clear()
+            opt.step()
+            if count_calls and t > 0:
+                expected = ["BoundCall"] if t < 4 else ["DirectCompiled"]
+                assert calls == expected, f"step {t + 1}: {calls}"
+        return convs + biases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fused = run(True, fused=True)
     for a, b in zip(fused, run(False, foreach=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

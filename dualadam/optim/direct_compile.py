@@ -16,7 +16,7 @@ inputs in that order.
 
 Why skipping the guards is safe here. The caller promises that calls with one signature differ only in
 what the graph already treats as dynamic: the *values* of 0-d scalars and the lengths of the 1-D tensors.
-Everything else dynamo guards on is fixed by construction, and checked where it is built (``functional.py``):
+Everything else dynamo guards on is fixed by construction, and checked where it is built (``fused_blend.py``):
 the number of tensors (a chunk is padded to its size), each one a 1-D, stride-1 tensor of >= 2 elements
 (dynamo specializes lengths 0 and 1) and < 2**31 elements (where a GPU kernel may index with int32),
 not requiring grad, no two inputs sharing memory, and the dtypes, device and the Python constants, which
@@ -27,9 +27,10 @@ leaves that signature on the ordinary dynamo path: slower, never wrong.
 Bound calls. A caller that calls again and again with mostly the same tensors (the fused blend: the same
 params and moments every step, new grads) binds the call once (``bind``): the input list is built once and
 only the tensors that change are put in before each call (``BoundCall``). A tensor put in that way may be
-any contiguous tensor with the dtype, device and number of elements of the one it replaces, of any rank:
-the generated code reads a tensor input only through its data pointer (size asserts are off), so the
-caller is spared a 1-D view per tensor per step (~1 us each, 0.25 ms a step for 240 LoRA tensors).
+any dense tensor, of any rank and layout, with the dtype, device and number of elements of the one it
+replaces and its elements in the order the caller means: the generated code reads a tensor input only
+through its data pointer (size asserts are off), so the caller is spared a 1-D alias per tensor per step
+(~1 us each, 0.25 ms a step for 240 LoRA tensors).
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ class DirectCompiled:
 
 class BoundCall:
     """The compiled code with its inputs in place, called with replacements for a few of them: each one
-    contiguous, with the dtype, device and number of elements of the tensor it replaces (the caller checks).
+    dense, with the dtype, device and number of elements of the tensor it replaces and its elements in the
+    caller's order (the caller checks; see the module docstring).
     The replacements are let go after the call, so a bound call does not keep freed grads alive."""
 
     __slots__ = ("_compiled", "_inputs", "_positions")

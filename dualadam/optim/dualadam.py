@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -42,15 +43,14 @@ from torch.optim import Optimizer
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from dualadam.optim.functional import (
-    BlendBuffers,
     StepScalars,
-    compiled_blend_step,
     foreach_step,
     fused_adamw_available,
     fused_adamw_step,
     reference_step,
     traced_step,
 )
+from dualadam.optim.fused_blend import BlendBucket, BlendBuffers, compiled_blend_step
 from dualadam.optim.schedules import check_schedule_name, inverse_adam_rate
 from dualadam.optim.state_dicts import check_loadable
 
@@ -258,6 +258,7 @@ class DualAdam(Optimizer):
                 loss = closure()
 
         compiling = torch.compiler.is_compiling()
+        blends = defaultdict(list)  # the fused blend's buckets, run together after the loop (see ``_update``)
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
             self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, steps)
@@ -270,8 +271,12 @@ class DualAdam(Optimizer):
             count = group["step"] if compiling else self._host_counts.advanced(group["step"])
             alpha = self._alpha(group, count)
             group["inverse_adam_rate"].fill_(alpha)
-            update = self._traced_update if compiling else self._eager_update
-            update(group, count, alpha, params, grads, exp_avgs, exp_avg_sqs, steps)
+            if compiling:
+                self._traced_update(group, count, alpha, params, grads, exp_avgs, exp_avg_sqs, steps)
+            else:
+                self._eager_update(group, count, alpha, params, grads, exp_avgs, exp_avg_sqs, steps, blends)
+        for (device, dtype, _), buckets in blends.items():
+            compiled_blend_step(buckets, self._buffer((device, dtype), partial(BlendBuffers, device, dtype)))
         return loss
 
     @staticmethod
@@ -290,14 +295,14 @@ class DualAdam(Optimizer):
         for tensors in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
             traced_step(*([t] for t in tensors[:4]), self._scalars(group, tensors[4], alpha, eager=False))
 
-    def _eager_update(self, group, count, alpha, params, grads, exp_avgs, exp_avg_sqs, steps) -> None:
+    def _eager_update(self, group, count, alpha, params, grads, exp_avgs, exp_avg_sqs, steps, blends) -> None:
         # Lists by step count, then by (device, dtype) for the multi-tensor kernels with torch.optim's own
         # grouping, in C++ (a Python loop over a 240-tensor LoRA set cost ~0.15 ms a step, 7% of torch's
         # fused Adam step).
         for step_count, tensors in self._split_by_count(group, count, params, grads, exp_avgs, exp_avg_sqs, steps):
             s = self._scalars(group, step_count, alpha, eager=True)
             for (device, dtype), (grouped, _) in _group_tensors_by_device_and_dtype(tensors).items():
-                self._update(group, grouped, s, device, dtype)
+                self._update(group, grouped, s, device, dtype, blends)
 
     def _split_by_count(self, group, count, params, grads, exp_avgs, exp_avg_sqs, steps):
         """(count, [params, grads, exp_avgs, exp_avg_sqs]) per step count: one with global bias correction;
@@ -313,13 +318,16 @@ class DualAdam(Optimizer):
                 lst.append(t)
         return [(c, list(lists)) for c, lists in by_count.items()]
 
-    def _update(self, group: dict, tensors, s: StepScalars, device: torch.device, dtype: torch.dtype) -> None:
-        """The one place that picks an implementation for an eager step (see ``functional.py``)."""
+    def _update(self, group: dict, tensors, s: StepScalars, device: torch.device, dtype: torch.dtype,
+                blends: dict) -> None:
+        """The one place that picks an implementation for an eager step (see ``functional.py``). The fused
+        blend only collects here: ``step`` runs it once for every param group, one compiled call per chunk of
+        tensors whatever group each comes from (``fused_blend.py``)."""
         fused, foreach = group["fused"], group["foreach"]
         if s.alpha == 0 and (fused or (fused is None and foreach is None)) and fused_adamw_available(device):
             fused_adamw_step(*tensors, s, self._buffer(device, lambda: torch.zeros((), device=device)))
         elif fused:
-            compiled_blend_step(*tensors, s, self._buffer((device, dtype), lambda: BlendBuffers(device, dtype)))
+            blends[device, dtype, s.maximize].append(BlendBucket(tensors, s))
         elif foreach is False:
             reference_step(*tensors, s)
         else:
