@@ -184,14 +184,38 @@ def test_fused_blend_calls_its_compiled_code_without_dynamo_after_the_first_step
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_blend_lets_go_of_the_grads_and_follows_a_change_of_maximize(monkeypatch):
-    """The fused blend's bound calls (``direct_compile.BoundCall``) keep the params' and moments' inputs from
-    step to step, never the grads: a grad set to None after the step is freed. Turning on ``maximize``
-    mid-run switches to the other compiled code, still matching the foreach path."""
-    from dualadam.optim import fused_blend
+@pytest.fixture
+def compiled_calls(monkeypatch) -> list[str]:
+    """A fresh compiled blend for the test, and a record of its calls by kind: ``DirectCompiled`` (a chunk's
+    first call, or one no plan binds) or ``BoundCall`` (a bound chunk's)."""
+    from dualadam.optim import direct_compile, fused_blend
 
     monkeypatch.setattr(fused_blend, "_compiled_blend_step", None)
     monkeypatch.setattr(fused_blend, "_compile_failed", False)
+    calls = []
+    for cls in (direct_compile.DirectCompiled, direct_compile.BoundCall):
+        monkeypatch.setattr(cls, "__call__", lambda self, *a, _call=cls.__call__, _kind=cls.__name__, **k: (
+            calls.append(_kind), _call(self, *a, **k)))
+    return calls
+
+
+def _fused_matches_foreach(run) -> None:
+    """``run(fused_run, **path_kwargs)`` returns the params after its steps. The fused run must not fall back
+    to the foreach path (its warning is made an error) and must end where the foreach run ends."""
+    from dualadam.optim import fused_blend
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fused = run(True, fused=True)
+    assert not fused_blend._compile_failed
+    for a, b in zip(fused, run(False, foreach=True)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_blend_lets_go_of_the_grads_and_follows_a_change_of_maximize(compiled_calls):
+    """The fused blend's bound calls (``direct_compile.BoundCall``) keep the params' and moments' inputs from
+    step to step, never the grads: a grad set to None after the step is freed. Turning on ``maximize``
+    mid-run switches to the other compiled code, still matching the foreach path."""
 
     def run(check_freed, **kwargs):
         g = torch.Generator().manual_seed(3)
@@ -208,27 +232,13 @@ def test_fused_blend_lets_go_of_the_grads_and_follows_a_change_of_maximize(monke
                 assert all(grad() is None for grad in grads), f"a grad outlived zero_grad after step {t + 1}"
         return params
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        fused = run(True, fused=True)
-    assert not fused_blend._compile_failed
-    for a, b in zip(fused, run(False, foreach=True)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    _fused_matches_foreach(run)
 
 
-def test_fused_blend_puts_tensors_of_several_groups_in_one_chunk(monkeypatch):
+def test_fused_blend_puts_tensors_of_several_groups_in_one_chunk(compiled_calls):
     """Three param groups (their own lr and weight decay; one bias-corrected per parameter, with a param that
     first gets a gradient at step 3): one compiled call per step for their 15 tensors, not one per group
     or step count, and the foreach path's trajectory."""
-    from dualadam.optim import direct_compile, fused_blend
-
-    monkeypatch.setattr(fused_blend, "_compiled_blend_step", None)
-    monkeypatch.setattr(fused_blend, "_compile_failed", False)
-    calls = []
-    for cls in (direct_compile.DirectCompiled, direct_compile.BoundCall):
-        original = cls.__call__
-        monkeypatch.setattr(cls, "__call__", lambda self, *a, _original=original, **k: (calls.append(1),
-                                                                                           _original(self, *a, **k)))
 
     def run(count_calls, **kwargs):
         g = torch.Generator().manual_seed(4)
@@ -240,33 +250,19 @@ def test_fused_blend_puts_tensors_of_several_groups_in_one_chunk(monkeypatch):
         for t in range(5):
             for p in params[:-1] if t < 2 else params:
                 p.grad = torch.randn(p.shape, generator=g)
-            calls.clear()
+            compiled_calls.clear()
             opt.step()
             if count_calls:
-                assert len(calls) == 1, f"step {t + 1}: {len(calls)} compiled calls for 15 tensors"
+                assert len(compiled_calls) == 1, f"step {t + 1}: {compiled_calls} for 15 tensors"
         return params
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        fused = run(True, fused=True)
-    assert not fused_blend._compile_failed
-    for a, b in zip(fused, run(False, foreach=True)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    _fused_matches_foreach(run)
 
 
-def test_fused_blend_binds_channels_last_params_and_checks_each_grads_layout(monkeypatch):
+def test_fused_blend_binds_channels_last_params_and_checks_each_grads_layout(compiled_calls):
     """channels_last conv weights (the suite's layout on CUDA) take the bound calls like contiguous params do,
     reading each grad in its param's memory order; a step whose grad is laid out otherwise goes the
     per-tensor way instead (a bound call would read it in the wrong order). Both match the foreach path."""
-    from dualadam.optim import direct_compile, fused_blend
-
-    monkeypatch.setattr(fused_blend, "_compiled_blend_step", None)
-    monkeypatch.setattr(fused_blend, "_compile_failed", False)
-    calls = []
-    for cls in (direct_compile.DirectCompiled, direct_compile.BoundCall):
-        original = cls.__call__
-        monkeypatch.setattr(cls, "__call__", lambda self, *a, _original=original, _name=cls.__name__, **k: (
-            calls.append(_name), _original(self, *a, **k)))
 
     def run(count_calls, **kwargs):
         g = torch.Generator().manual_seed(5)
@@ -281,15 +277,11 @@ def test_fused_blend_binds_channels_last_params_and_checks_each_grads_layout(mon
                                                               torch.contiguous_format)
             for p in biases:
                 p.grad = torch.randn(p.shape, generator=g)
-            calls.clear()
+            compiled_calls.clear()
             opt.step()
             if count_calls and t > 0:
                 expected = ["BoundCall"] if t < 4 else ["DirectCompiled"]
-                assert calls == expected, f"step {t + 1}: {calls}"
+                assert compiled_calls == expected, f"step {t + 1}: {compiled_calls}"
         return convs + biases
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        fused = run(True, fused=True)
-    for a, b in zip(fused, run(False, foreach=True)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    _fused_matches_foreach(run)
