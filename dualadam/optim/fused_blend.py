@@ -146,7 +146,6 @@ class _ChunkPlan:
         self.params_strides = [p.stride() for p in params]
         self.params_contiguous = all(p.is_contiguous() for p in params)
         self.exp_avgs, self.exp_avg_sqs = list(exp_avgs), list(exp_avg_sqs)
-        self.bucket_of_param = bucket_of_param
         starts = range(0, len(params), CHUNK)
         self.table = torch.zeros(len(starts) * CHUNK, COEFFICIENTS, dtype=buffers.scalar_dtype, device=buffers.device)
         self.args, self.grad_slots, bucket_of_slot = [], [], []
@@ -258,7 +257,7 @@ def compiled_blend_step(buckets: list[BlendBucket], buffers: BlendBuffers) -> No
     (params, grads, exp_avgs, exp_avg_sqs), bucket_of_param = _concatenated(buckets)
     compiled = _get_compiled_blend_step()
     constants = (buckets[0].scalars.maximize,)
-    signature = (constants, buffers.device, buffers.dtype)  # every tensor of a call has the params' dtype
+    signature = (constants, buffers.device, buffers.dtype)  # the params' dtype fixes every input's dtype
     rows = buffers.coefficient_rows(buckets)
     plan = plan_chunks(params, grads, exp_avgs, exp_avg_sqs, bucket_of_param, buffers)
     fours = None if plan is not None else list(zip(params, grads, exp_avgs, exp_avg_sqs))
