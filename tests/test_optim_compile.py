@@ -146,44 +146,6 @@ def test_fused_blend_follows_a_param_whose_data_is_replaced():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_blend_calls_its_compiled_code_without_dynamo_after_the_first_step(monkeypatch):
-    """After the first step the compiled chunk kernel is called directly (``direct_compile.py``): with dynamo's
-    entry point made to fail, later steps still run, and match the foreach path."""
-    from dualadam.optim import fused_blend
-
-    monkeypatch.setattr(fused_blend, "_compiled_blend_step", None)  # a fresh DirectCompiled for this test
-    monkeypatch.setattr(fused_blend, "_compile_failed", False)
-
-    def run(after_first_step=lambda: None, **kwargs):
-        g = torch.Generator().manual_seed(2)
-        params = [torch.randn(s, generator=g).requires_grad_() for s in [(6, 3), (11,), (2, 2, 5)]]
-        opt = DualAdam(params, lr=1e-2, weight_decay=0.1, switch_rate=0.01, **kwargs)
-        for t in range(4):
-            for p in params:
-                p.grad = torch.randn(p.shape, generator=g)
-            opt.step()
-            if t == 0:
-                after_first_step()
-        return params
-
-    def forbid_dynamo():
-        compiled = fused_blend._get_compiled_blend_step()
-        signature = ((False,), torch.device("cpu"), torch.float32)
-        assert compiled.directly_callable(signature)
-
-        def through_dynamo(*args, **kwargs):
-            raise AssertionError("the fused blend went through dynamo after its first step")
-        monkeypatch.setattr(compiled, "_traced", through_dynamo)
-
-    # A failing call would be caught and sent the foreach way with a RuntimeWarning: make that an error.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        fused = run(forbid_dynamo, fused=True)
-    assert not fused_blend._compile_failed
-    for a, b in zip(fused, run(foreach=True)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
 @pytest.fixture
 def compiled_calls(monkeypatch) -> list[str]:
     """A fresh compiled blend for the test, and a record of its calls by kind: ``DirectCompiled`` (a chunk's
@@ -210,6 +172,35 @@ def _fused_matches_foreach(run) -> None:
     assert not fused_blend._compile_failed
     for a, b in zip(fused, run(False, foreach=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_blend_calls_its_compiled_code_without_dynamo_after_the_first_step(compiled_calls, monkeypatch):
+    """After the first step the compiled chunk kernel is called directly (``direct_compile.py``): with dynamo's
+    entry point made to fail, later steps still run, and match the foreach path."""
+    from dualadam.optim import fused_blend
+
+    def forbid_dynamo():
+        compiled = fused_blend._get_compiled_blend_step()
+        signature = ((False,), torch.device("cpu"), torch.float32)
+        assert compiled.directly_callable(signature)
+
+        def through_dynamo(*args, **kwargs):
+            raise AssertionError("the fused blend went through dynamo after its first step")
+        monkeypatch.setattr(compiled, "_traced", through_dynamo)
+
+    def run(fused_run, **kwargs):
+        g = torch.Generator().manual_seed(2)
+        params = [torch.randn(s, generator=g).requires_grad_() for s in [(6, 3), (11,), (2, 2, 5)]]
+        opt = DualAdam(params, lr=1e-2, weight_decay=0.1, switch_rate=0.01, **kwargs)
+        for t in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+            if fused_run and t == 0:
+                forbid_dynamo()
+        return params
+
+    _fused_matches_foreach(run)
 
 
 def test_fused_blend_lets_go_of_the_grads_and_follows_a_change_of_maximize(compiled_calls):

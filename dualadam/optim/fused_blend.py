@@ -96,6 +96,14 @@ def _alias_1d(t: Tensor, alias: Tensor | None = None) -> Tensor:
     return alias.set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
 
+def _flattenable(p: Tensor, m: Tensor, v: Tensor) -> bool:
+    """Whether p, m and v read as 1-D aliases element for element: p dense with 2 to ``MAX_DIRECT_NUMEL``
+    elements (dynamo specializes lengths 0 and 1; longer tensors are rare enough to take the foreach way),
+    m and v laid out like it and of its dtype."""
+    return (2 <= p.numel() <= MAX_DIRECT_NUMEL and _is_dense(p) and m.stride() == v.stride() == p.stride()
+            and m.dtype == v.dtype == p.dtype)
+
+
 class BlendBuffers:
     """What the compiled blend reuses for one (device, dtype) from step to step: the chunk plans, per param
     1-D aliases of p, m and v for the steps no plan covers (checked still valid each step; the grad's alias
@@ -118,14 +126,12 @@ class BlendBuffers:
 
     def flat(self, p, g, m, v) -> tuple[Tensor, ...] | None:
         """1-D aliases of (p, g, m, v), element i of each being the same logical element; None where that
-        needs a copy: a strided param, a grad laid out unlike its param or of another dtype, fewer than 2
-        elements (dynamo specializes lengths 0 and 1, so those go the foreach way) or more than the compiled
-        code is called with directly (``MAX_DIRECT_NUMEL``; rare enough to take the foreach way too)."""
+        needs a copy (see ``_flattenable``; a grad laid out unlike its param or of another dtype) or where
+        the compiled call cannot take the param (fewer than 2 or more than ``MAX_DIRECT_NUMEL`` elements)."""
         entry = self._aliases.get(id(p))
         if entry is None or entry[0] is not m or entry[1] is not v or entry[2].data_ptr() != p.data_ptr() \
                 or entry[2].numel() != p.numel():
-            if not 2 <= p.numel() <= MAX_DIRECT_NUMEL or not _is_dense(p) or m.stride() != p.stride() or v.stride() != p.stride() \
-                    or m.dtype != p.dtype or v.dtype != p.dtype:
+            if not _flattenable(p, m, v):
                 return None
             entry = (m, v, _alias_1d(p), _alias_1d(m), _alias_1d(v), torch.empty(0, dtype=g.dtype, device=g.device))
             self._aliases[id(p)] = entry
@@ -177,6 +183,7 @@ class _ChunkPlan:
         """One step: the table refilled from the buckets' ``rows``, then every chunk's compiled call. A chunk
         not yet bound is called with 1-D aliases of its grads (its first call compiles, or finds the graph
         compiled) and bound after."""
+        self.chunks_run = 0  # where a failing call leaves the step (``compiled_blend_step`` goes on there)
         if len(rows) == 1:
             self.table.copy_(rows)  # broadcast: half the time of the general gather
         else:
@@ -184,7 +191,7 @@ class _ChunkPlan:
         if signature != self.bound_signature:  # e.g. ``maximize`` changed: other compiled code
             self.bound, self.bound_signature = [None] * len(self.args), signature
         for i, (start, stop) in enumerate(self.grad_slots):
-            self.chunks_run = i  # where a failing call leaves the step (``compiled_blend_step`` goes on there)
+            self.chunks_run = i
             bound = self.bound[i]
             if bound is not None:
                 bound(grads[start:stop])
@@ -215,19 +222,18 @@ def plan_chunks(params, grads, exp_avgs, exp_avg_sqs, bucket_of_param, buffers: 
     key = (tuple(map(id, params)), tuple(bucket_of_param))
     plan = buffers.plans.get(key)
     if plan is None or not plan.valid(params, exp_avgs, exp_avg_sqs):
-        if not all(2 <= p.numel() <= MAX_DIRECT_NUMEL and _is_dense(p) and m.stride() == v.stride() == p.stride()
-                   and p.dtype == m.dtype == v.dtype == g.dtype == buffers.dtype
+        if not all(p.dtype == g.dtype == buffers.dtype and _flattenable(p, m, v)
                    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs)):
             return None
         plan = buffers.plans[key] = _ChunkPlan(params, exp_avgs, exp_avg_sqs, bucket_of_param, buffers)
     return plan if plan.laid_out_like_params(grads) else None
 
 
-def _chunk_calls(fours, bucket_of_param, rows: Tensor, buffers: BlendBuffers):
+def _chunk_calls(lists, bucket_of_param, rows: Tensor, buffers: BlendBuffers):
     """Where the params are not all planned: the compiled calls' argument lists, each with the indices of the
     (p, g, m, v) it updates, and the indices of those that must go the foreach way."""
     flat, leftover = [], []
-    for i, four in enumerate(fours):
+    for i, four in enumerate(zip(*lists)):
         aliases = buffers.flat(*four)
         if aliases is None:
             leftover.append(i)
@@ -254,14 +260,14 @@ def compiled_blend_step(buckets: list[BlendBucket], buffers: BlendBuffers) -> No
         for bucket in buckets:
             foreach_step(*bucket.tensors, bucket.scalars)
         return
-    (params, grads, exp_avgs, exp_avg_sqs), bucket_of_param = _concatenated(buckets)
+    lists, bucket_of_param = _concatenated(buckets)
+    params, grads, exp_avgs, exp_avg_sqs = lists
     compiled = _get_compiled_blend_step()
     constants = (buckets[0].scalars.maximize,)
     signature = (constants, buffers.device, buffers.dtype)  # the params' dtype fixes every input's dtype
     rows = buffers.coefficient_rows(buckets)
     plan = plan_chunks(params, grads, exp_avgs, exp_avg_sqs, bucket_of_param, buffers)
-    fours = None if plan is not None else list(zip(params, grads, exp_avgs, exp_avg_sqs))
-    calls, leftover = ([], []) if plan is not None else _chunk_calls(fours, bucket_of_param, rows, buffers)
+    calls, leftover = ([], []) if plan is not None else _chunk_calls(lists, bucket_of_param, rows, buffers)
     calls_run = 0
     try:
         if plan is not None:
@@ -279,7 +285,7 @@ def compiled_blend_step(buckets: list[BlendBucket], buffers: BlendBuffers) -> No
         else:
             leftover += [j for _, indices in calls[calls_run:] for j in indices]
     if leftover:
-        _foreach_by_bucket(leftover, (params, grads, exp_avgs, exp_avg_sqs), bucket_of_param, buckets)
+        _foreach_by_bucket(leftover, lists, bucket_of_param, buckets)
 
 
 def _foreach_by_bucket(indices, lists, bucket_of_param, buckets: list[BlendBucket]) -> None:
